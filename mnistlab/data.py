@@ -1,0 +1,144 @@
+"""MNIST as in-memory tensors: reading with torchvision, the lab's split, and fast batches.
+
+Images stay uint8 until a batch is taken: one index gathers the batch, and ``uint8 / 255``
+gives exactly what ``ToTensor()`` gives, without a PIL image per sample.
+"""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mnistlab.errors import DataError
+
+CLASSES = tuple(range(10))
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of MNIST: uint8 images (N, 28, 28), int64 labels (N,), and their original indices."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
+    """The canonical training (60,000) or test (10,000) images and labels, via torchvision."""
+    from torchvision.datasets import MNIST
+
+    try:
+        dataset = MNIST(root=str(root), train=train, download=False)
+    except RuntimeError as error:  # torchvision's "Dataset not found"
+        raise DataError(f"{root}/MNIST/raw: {error} Run the download stage first.") from None
+    return dataset.data, dataset.targets
+
+
+def split_indices(num_samples: int, validation_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """The indices the lab's SimpleDataModule picks: ``random_split`` with a seeded generator."""
+    num_validation = int(validation_fraction * num_samples)
+    lengths = [num_samples - num_validation, num_validation]
+    train, validation = torch.utils.data.random_split(
+        range(num_samples), lengths, generator=torch.Generator().manual_seed(seed)
+    )
+    return torch.tensor(train.indices, dtype=torch.int64), torch.tensor(validation.indices, dtype=torch.int64)
+
+
+def take(images: Tensor, labels: Tensor, indices: Tensor | None = None) -> Split:
+    """The samples at ``indices`` (all of them when None) as a Split."""
+    indices = torch.arange(len(labels)) if indices is None else indices
+    return Split(images[indices].clone(), labels[indices].clone(), indices.clone())
+
+
+def save_split(split: Split, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": split.images, "labels": split.labels, "indices": split.indices}, path)
+
+
+def load_split(path: Path) -> Split:
+    """A split written by ``save_split``; tensors only (``weights_only=True``)."""
+    try:
+        content = torch.load(path, weights_only=True, map_location="cpu")
+        split = Split(content["images"], content["labels"], content["indices"])
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the split stage first") from None
+    except Exception as error:
+        raise DataError(f"{path}: not a split written by the split stage ({error})") from None
+    if split.images.dtype != torch.uint8 or split.images.shape[1:] != (28, 28) or len(split.images) != len(split):
+        raise DataError(f"{path}: expected uint8 images of shape (N, 28, 28) matching N labels")
+    return split
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], bit-identical to ``ToTensor()``."""
+    return images.unsqueeze(1).to(torch.float32).div(255)
+
+
+def describe(train: Split, validation: Split, test: Split) -> dict:
+    """The lab's description of the data (sizes, image shape, labels) plus per-class counts."""
+
+    def part(split: Split) -> dict:
+        counts = torch.bincount(split.labels, minlength=len(CLASSES)).tolist()
+        return {
+            "samples": len(split),
+            "class_counts": {str(label): count for label, count in zip(CLASSES, counts, strict=True)},
+        }
+
+    return {
+        "image_shape": [1, *train.images.shape[1:]],
+        "labels": sorted(set(train.labels.tolist()) | set(test.labels.tolist())),
+        "train": part(train),
+        "validation": part(validation),
+        "test": part(test),
+    }
+
+
+class TensorBatches:
+    """Batches of (images, labels) from tensors already in memory, on the device they live on.
+
+    ``shuffle`` draws a new order each epoch from its own seeded generator, so the batch order
+    does not depend on anything else that consumes random numbers. With ``world_size > 1`` each
+    rank takes every ``world_size``-th sample of that order: every sample once per epoch across
+    ranks. Where the count does not divide, the short ranks repeat a sample, as DistributedSampler
+    does, so that every rank runs the same number of steps.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.samples_per_rank = math.ceil(len(labels) / world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples_per_rank / self.batch_size)
+
+    def order(self) -> Tensor:
+        """This rank's sample indices for the next epoch."""
+        total = len(self.labels)
+        order = torch.randperm(total, generator=self.generator) if self.shuffle else torch.arange(total)
+        mine = order[self.rank :: self.world_size]
+        if len(mine) < self.samples_per_rank:  # pad like DistributedSampler so ranks stay in step
+            mine = torch.cat([mine, order[: self.samples_per_rank - len(mine)]])
+        return mine.to(self.labels.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.order()
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            yield to_float(self.images[batch]), self.labels[batch]

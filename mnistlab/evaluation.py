@@ -1,0 +1,68 @@
+"""Test-set evaluation without Lightning: load a checkpoint, predict in large batches, score."""
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from mnistlab.data import Split, to_float
+from mnistlab.errors import DataError
+from mnistlab.models import NUM_CLASSES, build_model
+
+
+def load_model(path: Path) -> nn.Module:
+    """The network in a Lightning checkpoint, loaded with ``weights_only=True``, in eval mode."""
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        model = build_model(checkpoint["hyper_parameters"]["model_name"])
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: train the model first") from None
+    except Exception as error:
+        raise DataError(f"{path}: not a checkpoint of this project's models ({error})") from None
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """Logits for uint8 images (N, 28, 28), ``batch_size`` at a time."""
+    return torch.cat([model(to_float(images[start : start + batch_size])) for start in range(0, len(images), batch_size)])
+
+
+def score(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """The lab's test metrics (``test_accuracy``, ``test_loss``) and the error count."""
+    accuracy = multiclass_accuracy(logits, labels, NUM_CLASSES, average="micro")
+    return {
+        "test_accuracy": round(accuracy.item(), 6),
+        "test_loss": round(nn.functional.cross_entropy(logits, labels).item(), 6),
+        "test_errors": int((logits.argmax(1) != labels).sum()),
+    }
+
+
+def predictions_table(logits: Tensor, test: Split) -> pd.DataFrame:
+    """One row per test image: its index, true and predicted digit, and the predicted probability."""
+    probabilities = logits.softmax(1)
+    confidence, predicted = probabilities.max(1)
+    return pd.DataFrame(
+        {
+            "index": test.indices.numpy(),
+            "actual": test.labels.numpy(),
+            "predicted": predicted.numpy(),
+            "confidence": confidence.numpy().round(6),
+        }
+    )
+
+
+def per_class_accuracy(logits: Tensor, labels: Tensor) -> list[float]:
+    return multiclass_accuracy(logits, labels, NUM_CLASSES, average=None).tolist()
+
+
+def last_epoch(history_csv: Path) -> dict[str, float]:
+    """The final epoch's train/valid loss and accuracy from the CSV history."""
+    history = pd.read_csv(history_csv)
+    row = history.dropna(subset=["valid_accuracy"]).iloc[-1] if "valid_accuracy" in history else history.iloc[-1]
+    names = ["train_accuracy", "train_loss", "valid_accuracy", "valid_loss"]
+    return {name: round(float(row[name]), 6) for name in names if name in row}

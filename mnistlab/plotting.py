@@ -1,0 +1,83 @@
+"""The lab's figures and a few more, drawn with pandas and matplotlib from the stages' outputs."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+MODEL_TITLES = {"mlp": "MLP 784-256-128-10", "mlr": "Logistic regression 784-10"}
+
+
+def accuracy_figure(histories: dict[str, pd.DataFrame]) -> Figure:
+    """The lab's plot, one panel per model: training vs validation accuracy by epoch."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(6 * len(histories), 5), sharey=True, squeeze=False)
+    for ax, (name, history) in zip(axes[0], histories.items(), strict=True):
+        history.plot(x="epoch", y="train_accuracy", ax=ax, label="Training", marker="o", color="k")
+        history.plot(x="epoch", y="valid_accuracy", ax=ax, label="Validation", marker="+", color="r")
+        ax.set_title(MODEL_TITLES.get(name, name))
+        ax.set_ylabel("Accuracy")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def digit_figure(image: Tensor, label: int) -> Figure:
+    """The lab's sample: one digit in grey with its label as the title."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(image.squeeze(), cmap="gray")
+    ax.set_title(f"Label: {label}")
+    return fig
+
+
+def misclassified_figure(
+    predictions: pd.DataFrame, images: Tensor, model_title: str, columns: int = 8, rows: int = 4
+) -> Figure:
+    """The test digits the model gets wrong, most confident mistakes first."""
+    wrong = predictions[predictions.actual != predictions.predicted].sort_values("confidence", ascending=False)
+    wrong = wrong.head(columns * rows)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
+        ax.imshow(images[int(row["index"])], cmap="gray_r")
+        ax.set_title(f"true {row.actual:.0f}, pred {row.predicted:.0f}\n{row.confidence:.0%}", fontsize=8)
+    fig.suptitle(f"{model_title}: the most confident mistakes ({len(wrong)} of {(predictions.actual != predictions.predicted).sum()})")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(per_class: pd.DataFrame) -> Figure:
+    """Test accuracy per digit, the models side by side."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    per_class.set_index("digit").plot.bar(ax=ax, rot=0)
+    ax.set_ylim(max(0.0, per_class.drop(columns="digit").to_numpy().min() - 0.05), 1.0)
+    ax.set_ylabel("Test accuracy")
+    ax.legend([MODEL_TITLES.get(c, c) for c in per_class.columns if c != "digit"], loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(predictions: dict[str, pd.DataFrame]) -> Figure:
+    """Confusion matrices (counts, log colour scale) from the per-image predictions."""
+    fig, axes = plt.subplots(1, len(predictions), figsize=(5.5 * len(predictions), 5), squeeze=False)
+    for ax, (name, table) in zip(axes[0], predictions.items(), strict=True):
+        counts = pd.crosstab(table.actual, table.predicted).reindex(index=range(10), columns=range(10), fill_value=0)
+        ax.imshow(counts.to_numpy() + 1, cmap="Blues", norm=matplotlib.colors.LogNorm())
+        for (actual, predicted), count in counts.stack().items():
+            colour = "white" if count > counts.to_numpy().max() / 10 else "black"
+            ax.text(predicted, actual, count, ha="center", va="center", fontsize=7, color=colour)
+        ax.set(xticks=range(10), yticks=range(10), xlabel="Predicted", ylabel="Actual", title=MODEL_TITLES.get(name, name))
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version string: same inputs, same bytes
+    plt.close(fig)
