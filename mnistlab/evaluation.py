@@ -29,7 +29,9 @@ def load_model(path: Path) -> nn.Module:
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
     """Logits for uint8 images (N, 28, 28), ``batch_size`` at a time."""
-    return torch.cat([model(to_float(images[start : start + batch_size])) for start in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(to_float(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
+    )
 
 
 def score(logits: Tensor, labels: Tensor) -> dict[str, float]:

@@ -37,7 +37,9 @@ def decode_idx(data: bytes, name: str) -> np.ndarray:
         raise DataError(f"{name}: truncated, {len(data)} bytes is shorter than an IDX header")
     (magic,) = struct.unpack(">I", data[:4])
     if magic not in (IMAGES_MAGIC, LABELS_MAGIC):
-        raise DataError(f"{name}: wrong magic number {magic}, expected {IMAGES_MAGIC} (images) or {LABELS_MAGIC} (labels)")
+        raise DataError(
+            f"{name}: wrong magic number {magic}, expected {IMAGES_MAGIC} (images) or {LABELS_MAGIC} (labels)"
+        )
     ndim = 3 if magic == IMAGES_MAGIC else 1
     header_size = 4 + 4 * ndim
     if len(data) < header_size:

@@ -88,7 +88,11 @@ def devices(key: str, value: Any) -> int | str | tuple[int, ...]:
     """Lightning's ``devices``: 'auto', a count (-1 = all), or a list of device indices."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)):
         return value
-    if isinstance(value, list) and value and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    ):
         return tuple(value)
     raise _fail(key, value, "'auto', a device count >= 1 (or -1 for all), or a list of device indices")
 

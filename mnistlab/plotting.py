@@ -6,10 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from torch import Tensor
 
 MODEL_TITLES = {"mlp": "MLP 784-256-128-10", "mlr": "Logistic regression 784-10"}
 
@@ -47,7 +47,9 @@ def misclassified_figure(
     for ax, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
         ax.imshow(images[int(row["index"])], cmap="gray_r")
         ax.set_title(f"true {row.actual:.0f}, pred {row.predicted:.0f}\n{row.confidence:.0%}", fontsize=8)
-    fig.suptitle(f"{model_title}: the most confident mistakes ({len(wrong)} of {(predictions.actual != predictions.predicted).sum()})")
+    fig.suptitle(
+        f"{model_title}: the most confident mistakes ({len(wrong)} of {(predictions.actual != predictions.predicted).sum()})"
+    )
     fig.tight_layout()
     return fig
 
@@ -72,7 +74,9 @@ def confusion_figure(predictions: dict[str, pd.DataFrame]) -> Figure:
         for (actual, predicted), count in counts.stack().items():
             colour = "white" if count > counts.to_numpy().max() / 10 else "black"
             ax.text(predicted, actual, count, ha="center", va="center", fontsize=7, color=colour)
-        ax.set(xticks=range(10), yticks=range(10), xlabel="Predicted", ylabel="Actual", title=MODEL_TITLES.get(name, name))
+        ax.set(
+            xticks=range(10), yticks=range(10), xlabel="Predicted", ylabel="Actual", title=MODEL_TITLES.get(name, name)
+        )
     fig.tight_layout()
     return fig
 

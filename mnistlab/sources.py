@@ -89,7 +89,9 @@ def _is_pair(value: object) -> bool:
 
 def _pixels(images: np.ndarray, name: str) -> np.ndarray:
     if images.ndim != 2 or images.shape[1] != IMAGE_SIDE * IMAGE_SIDE or images.dtype.kind != "f":
-        raise DataError(f"{name}: images must be float rows of {IMAGE_SIDE * IMAGE_SIDE} pixels, got {images.dtype} {images.shape}")
+        raise DataError(
+            f"{name}: images must be float rows of {IMAGE_SIDE * IMAGE_SIDE} pixels, got {images.dtype} {images.shape}"
+        )
     levels = images.astype(np.float64) * PIXEL_LEVELS
     if not (np.all(levels == np.round(levels)) and levels.min(initial=0) >= 0 and levels.max(initial=0) <= 255):
         raise DataError(f"{name}: pixels are not exact multiples k/{PIXEL_LEVELS} with k in 0-255")
@@ -97,7 +99,11 @@ def _pixels(images: np.ndarray, name: str) -> np.ndarray:
 
 
 def _labels(labels: np.ndarray, name: str) -> np.ndarray:
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels.size and not 0 <= labels.min() <= labels.max() < NUM_CLASSES):
+    if (
+        labels.ndim != 1
+        or labels.dtype.kind not in "iu"
+        or (labels.size and not 0 <= labels.min() <= labels.max() < NUM_CLASSES)
+    ):
         raise DataError(f"{name}: labels must be integers 0-9, got {labels.dtype} {labels.shape}")
     return labels.astype(np.uint8)
 

@@ -1,0 +1,60 @@
+"""dvc.yaml, params.yaml and the code agree: deps, params keys, and what each stage imports."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = DVC["stages"]
+TRAINING = {"train_mlp", "train_mlr"}
+
+
+def imported_modules(stage: str) -> set[str]:
+    """Every module importing ``stages.<stage>`` loads, in a fresh interpreter."""
+    code = f"import json, sys, stages.{stage}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out))
+
+
+def test_stage_names_are_the_scripts() -> None:
+    assert list(STAGES) == ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
+    for name, stage in STAGES.items():
+        assert stage["cmd"].startswith(f"python -m stages.{name} ")
+        assert f"stages/{name}.py" in stage["deps"]
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_deps_list_exactly_the_library_files_a_stage_imports(stage: str) -> None:
+    modules = imported_modules(stage)
+    imported = {f"{m.replace('.', '/')}.py" for m in modules if m.startswith("mnistlab.")}
+    listed = {dep for dep in STAGES[stage]["deps"] if dep.startswith("mnistlab/")}
+    assert listed == imported
+    assert ("pytorch_lightning" in modules) == (stage in TRAINING), "only training stages may import Lightning"
+
+
+def test_params_keys_exist_and_are_the_ones_each_stage_reads() -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    reads = {
+        "download": ["download"],
+        "split": ["seed", "split"],
+        "train_mlp": ["seed", "train_mlp", "trainer"],
+        "train_mlr": ["seed", "train_mlr", "trainer"],
+        "evaluate": ["evaluate"],
+        "plot": [],
+    }
+    for name, stage in STAGES.items():
+        assert stage.get("params", []) == reads[name], name
+        assert all(key in params for key in stage.get("params", []))
+
+
+def test_results_are_git_outputs_and_data_stays_in_the_cache() -> None:
+    for stage in STAGES.values():
+        for entry in stage.get("outs", []) + stage.get("metrics", []):
+            path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+            committed = path.startswith(("metrics/", "plots/"))
+            assert options.get("cache", True) is (not committed), path

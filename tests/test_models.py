@@ -1,0 +1,54 @@
+"""The networks and the Lightning system on tiny synthetic data."""
+
+import pandas as pd
+import pytest
+import torch
+
+from mnistlab.evaluation import load_model, predict_logits
+from mnistlab.models import build_model, summarize
+from mnistlab.params import TrainerParams, TrainParams
+from mnistlab.training import fit, save_checkpoint
+
+TRAINER = TrainerParams(accelerator="cpu", devices=1, strategy="auto", num_nodes=1, precision="32-true")
+TINY = TrainParams(epochs=2, learning_rate=0.01, batch_size=16, eval_batch_size=32)
+
+
+@pytest.mark.parametrize(("name", "parameters"), [("mlp", 235_146), ("mlr", 7_850)])
+def test_parameter_counts_match_the_lab(name: str, parameters: int) -> None:
+    model = build_model(name)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert model(torch.zeros(256, 1, 28, 28)).shape == (256, 10)
+    assert f"Total params: {parameters:,}" in summarize(model, 256)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlr"])
+def test_fast_dev_run(name: str, tiny_split_dir) -> None:
+    trainer, system = fit(name, TINY, TRAINER, 0, tiny_split_dir, None, fast_dev_run=True)
+    assert trainer.state.finished
+    assert trainer.global_step == 1
+    assert set(trainer.callback_metrics) >= {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy"}
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlr"])
+def test_history_has_one_row_per_epoch_and_checkpoint_loads_without_lightning(name, tiny_split_dir, tmp_path) -> None:
+    trainer, system = fit(name, TINY, TRAINER, 0, tiny_split_dir, tmp_path / "history" / name)
+    history = pd.read_csv(tmp_path / "history" / name / "metrics.csv")
+    assert list(history.epoch) == [0, 1]
+    assert {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy"} <= set(history.columns)
+    assert not history[["train_loss", "train_accuracy", "valid_loss", "valid_accuracy"]].isna().any().any()
+    assert trainer.global_step == 2 * 4  # 64 samples / batch 16, two epochs
+
+    save_checkpoint(trainer, tmp_path / f"{name}.ckpt")
+    model = load_model(tmp_path / f"{name}.ckpt")  # torch.load(weights_only=True)
+    images = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
+    system.eval()
+    with torch.no_grad():
+        expected = system(images.unsqueeze(1).float() / 255)
+    torch.testing.assert_close(predict_logits(model, images, batch_size=3), expected)  # batched in 3s
+
+
+def test_same_seed_same_weights(tiny_split_dir) -> None:
+    _, first = fit("mlp", TINY, TRAINER, 7, tiny_split_dir, None)
+    _, second = fit("mlp", TINY, TRAINER, 7, tiny_split_dir, None)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -1,0 +1,58 @@
+"""End to end: the real pipeline in a temporary git repo, on the real data, with 1 epoch."""
+
+import json
+
+import pytest
+
+from tests.conftest import dvc, git, update_params
+
+pytestmark = pytest.mark.slow
+STAGES = ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
+
+
+def ran(output: str) -> list[str]:
+    """The stages a `dvc repro` output says it ran."""
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+def test_repro_rerun_change_and_compare(make_project) -> None:
+    project = make_project()
+    first = dvc(project, "repro").stdout
+    assert ran(first) == STAGES
+    assert sorted(p.name for p in (project / "data/MNIST/raw").iterdir()) == sorted(
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    )
+    metrics = json.loads((project / "metrics/mlp.json").read_text())
+    assert 0.5 < metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert json.loads((project / "metrics/data.json").read_text())["train"]["samples"] == 48_000
+    for figure in ["accuracy", "sample_digit", "misclassified_mlp", "per_class_accuracy", "confusion_matrix"]:
+        assert (project / f"plots/figures/{figure}.png").stat().st_size > 1000
+
+    second = dvc(project, "repro").stdout
+    assert ran(second) == [], second
+    assert "up to date" in dvc(project, "status").stdout
+
+    # Everything DVC does not cache is committed to git: metrics, histories, predictions, figures.
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "reference")
+    assert git(project, "status", "--porcelain") == ""
+
+    update_params(project, {"train_mlr": {"epochs": 2}})
+    third = dvc(project, "repro").stdout
+    assert ran(third) == ["train_mlr", "evaluate", "plot"]
+    git(project, "commit", "-qam", "mlr: 2 epochs")
+
+    diff = json.loads(dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    assert "test_accuracy" in diff["metrics/mlr.json"]
+    assert diff["metrics/mlr.json"]["test_accuracy"]["diff"] != 0
+    assert "metrics/mlp.json" not in diff  # the MLP was not retrained
+    params = json.loads(dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    assert params["params.yaml"]["train_mlr.epochs"] | {"diff": None} == {"old": 1, "new": 2, "diff": None}
+
+    dvc(project, "plots", "show", "--json")  # the plot definitions resolve
+    dvc(project, "plots", "show", "-o", "dvc_plots")
+    html = (project / "dvc_plots/index.html").read_text()
+    for model in ["mlp", "mlr"]:  # DVC names each curve by the shortest distinct path
+        for curve in ["train_accuracy", "valid_accuracy"]:
+            assert f"{model}/metrics.csv::{curve}" in html
+    assert "confusion_mlp" in html and "confusion_mlr" in html
