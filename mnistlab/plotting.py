@@ -47,9 +47,8 @@ def misclassified_figure(
     for ax, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
         ax.imshow(images[int(row["index"])], cmap="gray_r")
         ax.set_title(f"true {row.actual:.0f}, pred {row.predicted:.0f}\n{row.confidence:.0%}", fontsize=8)
-    fig.suptitle(
-        f"{model_title}: the most confident mistakes ({len(wrong)} of {(predictions.actual != predictions.predicted).sum()})"
-    )
+    total = int((predictions.actual != predictions.predicted).sum())
+    fig.suptitle(f"{model_title}: the most confident mistakes ({len(wrong)} of {total})")
     fig.tight_layout()
     return fig
 

@@ -23,7 +23,7 @@ def test_parameter_counts_match_the_lab(name: str, parameters: int) -> None:
 
 @pytest.mark.parametrize("name", ["mlp", "mlr"])
 def test_fast_dev_run(name: str, tiny_split_dir) -> None:
-    trainer, system = fit(name, TINY, TRAINER, 0, tiny_split_dir, None, fast_dev_run=True)
+    trainer, _ = fit(name, TINY, TRAINER, 0, tiny_split_dir, None, fast_dev_run=True)
     assert trainer.state.finished
     assert trainer.global_step == 1
     assert set(trainer.callback_metrics) >= {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy"}
