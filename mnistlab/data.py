@@ -142,3 +142,23 @@ class TensorBatches:
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             yield to_float(self.images[batch]), self.labels[batch]
+
+
+class Chunks:
+    """Consecutive batches in lists of ``size`` (the last may be shorter): one list per training_step."""
+
+    def __init__(self, batches: TensorBatches, size: int) -> None:
+        self.batches, self.size = batches, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.size)
+
+    def __iter__(self) -> Iterator[list]:
+        chunk = []
+        for batch in self.batches:
+            chunk.append(batch)
+            if len(chunk) == self.size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk

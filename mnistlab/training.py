@@ -1,8 +1,10 @@
 """Fit one network with Lightning, deterministically, and write checkpoint and history."""
 
 import argparse
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +20,14 @@ from mnistlab.system import Classifier, InMemoryMNIST
 def show_progress() -> bool:
     """A progress bar in a terminal; none in CI or when the output goes to a pipe or a file."""
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's advertising tip and a deprecation warning it raises against its own code."""
+    logging.getLogger("pytorch_lightning.trainer.connectors.logger_connector.logger_connector").setLevel(
+        logging.WARNING
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def build_trainer(params: TrainParams, trainer: TrainerParams, history_dir: Path | None, **overrides) -> pl.Trainer:
@@ -71,6 +81,7 @@ def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
 
 def stage_main(model_name: str, argv: Sequence[str]) -> None:
     """What ``stages/train_<model>.py`` does: summary, fit, checkpoint, CSV history."""
+    quiet_lightning()
     parser = argparse.ArgumentParser(description=f"Stage train_{model_name}: fit the lab's {model_name.upper()}.")
     parser.add_argument("split_dir", type=Path, help="the split stage's output")
     parser.add_argument("checkpoint", type=Path, help="output: the Lightning checkpoint")

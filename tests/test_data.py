@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import ToTensor
 
 from mnistlab import sources
-from mnistlab.data import TensorBatches, split_indices, to_float
+from mnistlab.data import Chunks, TensorBatches, split_indices, to_float
 from mnistlab.errors import DataError
 from mnistlab.idx import CANONICAL_MD5, check_canonical, decode_idx, encode_idx
 
@@ -163,3 +163,10 @@ def test_batches_shard_across_ranks_without_overlap() -> None:
     ]
     assert len(shards[0]) == len(shards[1]) == 50
     assert sorted(torch.cat(shards).tolist()) == list(range(100))
+
+
+def test_chunks_group_consecutive_batches() -> None:
+    batches = TensorBatches(torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(10), 2, shuffle=False)
+    chunks = list(Chunks(batches, 2))
+    assert len(Chunks(batches, 2)) == len(chunks) == 3
+    assert [[y.tolist() for _, y in chunk] for chunk in chunks] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[8, 9]]]

@@ -25,7 +25,7 @@ def test_parameter_counts_match_the_lab(name: str, parameters: int) -> None:
 def test_fast_dev_run(name: str, tiny_split_dir) -> None:
     trainer, _ = fit(name, TINY, TRAINER, 0, tiny_split_dir, None, fast_dev_run=True)
     assert trainer.state.finished
-    assert trainer.global_step == 1
+    assert trainer.global_step == 4  # one training_step: a chunk of all 4 batches (64 / 16)
     assert set(trainer.callback_metrics) >= {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy"}
 
 
@@ -52,3 +52,19 @@ def test_same_seed_same_weights(tiny_split_dir) -> None:
     _, second = fit("mlp", TINY, TRAINER, 7, tiny_split_dir, None)
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_chunked_steps_compute_the_same_as_one_batch_per_step(tiny_split_dir, monkeypatch) -> None:
+    """Several optimizer steps per training_step is a speed-up only: same weights, same metrics."""
+    import mnistlab.system
+
+    params = TrainParams(epochs=2, learning_rate=0.01, batch_size=8, eval_batch_size=32)  # 8 steps per epoch
+    monkeypatch.setattr(mnistlab.system, "STEPS_PER_CALL", 3)
+    chunked_trainer, chunked = fit("mlp", params, TRAINER, 1, tiny_split_dir, None)
+    monkeypatch.setattr(mnistlab.system, "STEPS_PER_CALL", 1)
+    single_trainer, single = fit("mlp", params, TRAINER, 1, tiny_split_dir, None)
+    assert chunked_trainer.global_step == single_trainer.global_step == 16
+    for (name, a), b in zip(chunked.state_dict().items(), single.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for name in ["train_loss", "train_accuracy", "valid_loss", "valid_accuracy"]:
+        assert torch.equal(chunked_trainer.callback_metrics[name], single_trainer.callback_metrics[name]), name
