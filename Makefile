@@ -4,21 +4,34 @@ PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Stages run as `python -m stages.<name>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# `make predict`: the images (files or folders) and the model whose checkpoint reads them.
+IMAGES ?=
+MODEL  ?= mlp
+# vega, vega-lite and vega-embed for `dvc plots show` offline (html/dvc_plots.html loads them from
+# html/vendor/): the majors DVC's default page loads from a CDN, checked against html/vendor.sha256.
+VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+VENDOR        := html/vendor
+VEGA          := $(VENDOR)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help repro test test-fast bench lint format clean-venv
+.PHONY: help repro test test-fast predict bench lint format clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 repro: $(STAMP) ## run the whole pipeline (dvc repro); creates .venv first if missing
+	@$(MAKE) --no-print-directory $(VEGA) || echo "warning: no offline copy of vega: dvc plots show's charts stay blank" >&2
 	dvc repro
 
-test: $(STAMP) ## all tests, the slow end-to-end ones included (what CI runs)
+test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI runs)
 	$(PYTHON) -m pytest
 
-test-fast: $(STAMP) ## unit tests only (no slow marker)
+test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)
 	$(PYTHON) -m pytest -m "not slow"
+
+predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png folder/" [MODEL=mlr] [JSON=1]
+	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="digit.png my_digits/" [MODEL=mlr] [JSON=1]' >&2; exit 2; }
+	$(PYTHON) -m mnistlab.predict --model $(MODEL) $(if $(JSON),--json) $(IMAGES)
 
 bench: $(STAMP) ## performance benchmark: prints a table, writes bench/results.json
 	$(PYTHON) -m bench.run
@@ -36,6 +49,15 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
 	touch $@
+
+$(VEGA): html/vendor.sha256
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js and npm (Debian: apt-get install -y npm)" >&2; exit 1; }
+	rm -rf $(VENDOR).partial && mkdir -p $(VENDOR).partial
+	cd $(VENDOR).partial && npm pack --silent $(VEGA_PACKAGES) >/dev/null
+	cd $(VENDOR).partial && for package in $(VEGA_PACKAGES); do \
+	  name=$${package%@*}; tar -xzf $$name-$${package#*@}.tgz -O package/build/$$name.min.js > $$name.min.js; \
+	done && rm ./*.tgz && sha256sum --check --quiet ../vendor.sha256
+	touch $(VENDOR).partial/.installed && rm -rf $(VENDOR) && mv $(VENDOR).partial $(VENDOR)
 
 clean-venv: ## remove .venv
 	rm -rf $(VENV)

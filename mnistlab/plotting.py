@@ -59,7 +59,8 @@ def per_class_figure(per_class: pd.DataFrame) -> Figure:
     per_class.set_index("digit").plot.bar(ax=ax, rot=0)
     ax.set_ylim(max(0.0, per_class.drop(columns="digit").to_numpy().min() - 0.05), 1.0)
     ax.set_ylabel("Test accuracy")
-    ax.legend([MODEL_TITLES.get(c, c) for c in per_class.columns if c != "digit"], loc="lower right")
+    labels = [MODEL_TITLES.get(c, c) for c in per_class.columns if c != "digit"]
+    ax.legend(labels, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(labels), frameon=False)
     fig.tight_layout()
     return fig
 
