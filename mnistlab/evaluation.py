@@ -1,11 +1,15 @@
-"""Test-set evaluation without Lightning: load a checkpoint, predict in large batches, score."""
+"""Test-set evaluation without Lightning: load a checkpoint, predict in large batches, score.
+
+Accuracy here is two lines of torch rather than torchmetrics: importing torchmetrics costs as much
+as importing Lightning (seconds), more than this whole stage's work. tests/test_evaluation.py
+checks both functions against torchmetrics.
+"""
 
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from mnistlab.data import Split, to_float
 from mnistlab.errors import DataError
@@ -36,7 +40,7 @@ def predict_logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
 
 def score(logits: Tensor, labels: Tensor) -> dict[str, float]:
     """The lab's test metrics (``test_accuracy``, ``test_loss``) and the error count."""
-    accuracy = multiclass_accuracy(logits, labels, NUM_CLASSES, average="micro")
+    accuracy = (logits.argmax(1) == labels).double().mean()
     return {
         "test_accuracy": round(accuracy.item(), 6),
         "test_loss": round(nn.functional.cross_entropy(logits, labels).item(), 6),
@@ -59,7 +63,9 @@ def predictions_table(logits: Tensor, test: Split) -> pd.DataFrame:
 
 
 def per_class_accuracy(logits: Tensor, labels: Tensor) -> list[float]:
-    return multiclass_accuracy(logits, labels, NUM_CLASSES, average=None).tolist()
+    """Recall of each digit: the share of its test images predicted as that digit."""
+    correct = torch.bincount(labels[logits.argmax(1) == labels], minlength=NUM_CLASSES)
+    return (correct.double() / torch.bincount(labels, minlength=NUM_CLASSES).double()).tolist()
 
 
 def last_epoch(history_csv: Path) -> dict[str, float]:

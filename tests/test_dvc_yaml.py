@@ -35,6 +35,7 @@ def test_deps_list_exactly_the_library_files_a_stage_imports(stage: str) -> None
     listed = {dep for dep in STAGES[stage]["deps"] if dep.startswith("mnistlab/")}
     assert listed == imported
     assert ("pytorch_lightning" in modules) == (stage in TRAINING), "only training stages may import Lightning"
+    assert ("torchmetrics" in modules) == (stage in TRAINING), "torchmetrics costs as much start-up as Lightning"
 
 
 def test_params_keys_exist_and_are_the_ones_each_stage_reads() -> None:
