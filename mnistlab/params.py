@@ -155,7 +155,7 @@ def parse_section(cls: type[T], raw: Mapping[str, Any], name: str) -> T:
         raise ParamsError(f"params.yaml has no '{name}' section")
     section = raw[name]
     if not isinstance(section, dict):
-        raise _fail(name, section, "a mapping of keys")
+        raise ParamsError(f"params.yaml: {_fail(name, section, 'a mapping of keys')}")
     known = [f.name for f in fields(cls)]
     problems = [f"{name}.{key} is not a known key (allowed: {', '.join(known)})" for key in section if key not in known]
     values = {}

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def from_torchvision(timeout_s: float) -> Files:
                 with urllib.request.urlopen(mirror + archive_name, timeout=timeout_s) as response:
                     files[archive_name.removesuffix(".gz")] = gzip.decompress(response.read())
                 break
-            except (OSError, EOFError, ValueError, http.client.HTTPException) as error:  # cut transfers, bad gzip
+            except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as error:  # cut, corrupt
                 errors.append(f"{mirror}{archive_name}: {error}")
         else:
             raise SourceError("; ".join(errors))
@@ -171,7 +172,7 @@ def from_folder(folder: Path) -> Files:
         elif packed.is_file():
             try:
                 files[name] = gzip.decompress(packed.read_bytes())
-            except (OSError, EOFError) as error:
+            except (OSError, EOFError, zlib.error) as error:  # bad header, truncated, corrupt stream
                 raise DataError(f"{packed}: not a valid gzip file ({error})") from None
         else:
             raise DataError(f"{folder}: missing {name} (or {name}.gz)")
