@@ -64,11 +64,15 @@ class Classifier(pl.LightningModule):
         self.valid_accuracy.update(logits, batch[1])
 
     def on_train_epoch_end(self) -> None:
-        # Lightning runs validation before this hook, so one row holds the whole epoch.
+        # Lightning runs validation before this hook, so one row holds the whole epoch. compute()
+        # already reduces across DDP ranks: sync_dist only averages identical values (exactly).
         metrics = {"train_loss": self.train_loss, "train_accuracy": self.train_accuracy}
         if self.valid_accuracy.update_count:
             metrics |= {"valid_loss": self.valid_loss, "valid_accuracy": self.valid_accuracy}
-        self.log_dict({name: metric.compute() for name, metric in metrics.items()})
+        values = {name: metric.compute() for name, metric in metrics.items()}
+        self.log_dict(values, logger=False, sync_dist=True)
+        if self.logger:  # written here so that the row's step counts optimizer steps, not chunks
+            self.logger.log_metrics(values | {"epoch": self.current_epoch}, step=self.global_step - 1)
         for metric in metrics.values():
             metric.reset()
 

@@ -34,6 +34,7 @@ def test_history_has_one_row_per_epoch_and_checkpoint_loads_without_lightning(na
     trainer, system = fit(name, TINY, TRAINER, 0, tiny_split_dir, tmp_path / "history" / name)
     history = pd.read_csv(tmp_path / "history" / name / "metrics.csv")
     assert list(history.epoch) == [0, 1]
+    assert list(history.step) == [3, 7]  # optimizer steps (4 per epoch), not training_step calls
     assert {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy"} <= set(history.columns)
     assert not history[["train_loss", "train_accuracy", "valid_loss", "valid_accuracy"]].isna().any().any()
     assert trainer.global_step == 2 * 4  # 64 samples / batch 16, two epochs
