@@ -141,7 +141,8 @@ class TensorBatches:
         order = self.order()
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            yield to_float(self.images[batch]), self.labels[batch]
+            # index_select, not images[batch]: 10x faster on uint8 rows on a CPU (bench/)
+            yield to_float(self.images.index_select(0, batch)), self.labels.index_select(0, batch)
 
 
 class Chunks:
