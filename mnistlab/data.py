@@ -75,6 +75,16 @@ def load_split(path: Path) -> Split:
     return split
 
 
+def training_sample(split_dir: Path, index: int) -> tuple[Tensor, int]:
+    """What the lab's ``mnist_train[index]`` shows (image, label), from the split that holds it."""
+    for name in ("train", "validation"):
+        part = load_split(split_dir / f"{name}.pt")
+        (positions,) = torch.nonzero(part.indices == index, as_tuple=True)
+        if len(positions):
+            return part.images[positions[0]], int(part.labels[positions[0]])
+    raise DataError(f"{split_dir}: no training image with index {index}")
+
+
 def to_float(images: Tensor) -> Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], bit-identical to ``ToTensor()``."""
     return images.unsqueeze(1).to(torch.float32).div(255)

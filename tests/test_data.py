@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import ToTensor
 
 from mnistlab import sources
-from mnistlab.data import Chunks, TensorBatches, split_indices, to_float
+from mnistlab.data import Chunks, TensorBatches, save_split, split_indices, take, to_float, training_sample
 from mnistlab.errors import DataError
 from mnistlab.idx import CANONICAL_MD5, check_canonical, decode_idx, encode_idx
 
@@ -170,3 +170,14 @@ def test_chunks_group_consecutive_batches() -> None:
     chunks = list(Chunks(batches, 2))
     assert len(Chunks(batches, 2)) == len(chunks) == 3
     assert [[y.tolist() for _, y in chunk] for chunk in chunks] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[8, 9]]]
+
+
+def test_training_sample_finds_the_lab_s_first_image_in_either_part(tmp_path) -> None:
+    images = torch.arange(4 * 784, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(4, 28, 28)
+    labels = torch.tensor([5, 0, 4, 1])
+    save_split(take(images, labels, torch.tensor([2, 3])), tmp_path / "train.pt")
+    save_split(take(images, labels, torch.tensor([1, 0])), tmp_path / "validation.pt")
+    image, label = training_sample(tmp_path, index=0)
+    assert torch.equal(image, images[0]) and label == 5
+    with pytest.raises(DataError, match="no training image with index 9"):
+        training_sample(tmp_path, index=9)
