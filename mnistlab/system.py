@@ -77,7 +77,9 @@ class Classifier(pl.LightningModule):
             metric.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.RMSprop(self.parameters(), lr=self.learning_rate)
+        # foreach: one dispatch for all parameters instead of one per tensor; the same arithmetic,
+        # bit for bit (tests/test_models.py), and 5-20% faster per MLP step on a CPU (bench/).
+        return torch.optim.RMSprop(self.parameters(), lr=self.learning_rate, foreach=True)
 
 
 class InMemoryMNIST(pl.LightningDataModule):

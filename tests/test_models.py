@@ -69,3 +69,20 @@ def test_chunked_steps_compute_the_same_as_one_batch_per_step(tiny_split_dir, mo
         assert torch.equal(a, b), name
     for name in ["train_loss", "train_accuracy", "valid_loss", "valid_accuracy"]:
         assert torch.equal(chunked_trainer.callback_metrics[name], single_trainer.callback_metrics[name]), name
+
+
+def test_foreach_rmsprop_is_bitwise_the_per_tensor_rmsprop() -> None:
+    """The system uses RMSprop(foreach=True) for speed; it must not change a single bit."""
+    images, labels = torch.rand(32, 1, 28, 28), torch.arange(32) % 10
+    weights = []
+    for foreach in (False, True):
+        torch.manual_seed(0)
+        model = build_model("mlp")
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01, foreach=foreach)
+        for _ in range(5):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        weights.append(model.state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
