@@ -187,6 +187,9 @@ def lab_fit(
     device: torch.device,
 ) -> Run:
     """The lab's fit, timed from building the data sets to the end of the last epoch."""
+    # As the lab runs: Lightning's import sets this, mnistlab.training.fit removes it on a machine
+    # without an NVIDIA driver (it costs a library load per optimizer step there).
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     pl.seed_everything(run_seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True, warn_only=True)
     clock = EpochClock(device)
