@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,10 +50,9 @@ from mnistlab.params import (
     train_section,
 )
 from mnistlab.training import fit
+from mnistlab.workspace import ROOT, copy_project, venv_env
 
-ROOT = Path(__file__).resolve().parents[1]
 # Pipeline outputs: a copy of the project for `dvc repro` leaves them out, as a clean clone would.
-OUTPUTS = ("data/", "models/", "metrics/", "plots/", "dvc.lock", "dvc_plots/", "bench/results")
 
 
 @dataclasses.dataclass
@@ -298,13 +296,9 @@ def extrapolate(summary: dict, epochs: int) -> float:
 # 3. Stage start-up ------------------------------------------------------------------------------
 
 
-def venv_env(threads: int | None) -> dict[str, str]:
-    """The environment `make` gives a stage: this interpreter's bin folder first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the child processes
-    return env
+def stage_env(threads: int | None) -> dict[str, str]:
+    """The environment `make` gives a stage, with torch's threads fixed in child processes if asked."""
+    return venv_env() | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
 
 
 def stage_names() -> list[str]:
@@ -345,29 +339,10 @@ def startup(repeats: int, env: dict[str, str]) -> dict:
 # 4. The whole pipeline --------------------------------------------------------------------------
 
 
-def copy_project(destination: Path) -> None:
-    """The working tree's files (tracked or new, not ignored), without pipeline outputs, as a new git repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        if not name.startswith(OUTPUTS) and (ROOT / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, destination / name)
-    identity = ["-c", "user.email=bench@example.com", "-c", "user.name=bench"]
-    for command in (["init", "-q", "-b", "main"], ["add", "-A"], [*identity, "commit", "-qm", "bench"]):
-        subprocess.run(["git", *command], cwd=destination, capture_output=True, check=True)
-
-
 def pipeline(raw_dir: Path, accelerator: str, epochs: int | None, env: dict[str, str]) -> dict:
     """Each stage of `dvc repro` in a fresh copy, timed on its own; the data comes from a `dir:` source."""
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as folder:
-        project = Path(folder)
-        copy_project(project)
+        project = copy_project(Path(folder))
         params_file = project / "params.yaml"
         params = yaml.safe_load(params_file.read_text())
         params["download"]["sources"] = [f"dir:{raw_dir.resolve()}"]
@@ -376,6 +351,8 @@ def pipeline(raw_dir: Path, accelerator: str, epochs: int | None, env: dict[str,
             if epochs is not None:
                 params[train_section(name)]["epochs"] = epochs
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+        subprocess.run(["git", "commit", "-qm", "bench"], cwd=project, capture_output=True, check=True)
         stages = {}
         for name in stage_names():
             stages[name] = wall_seconds([sys.executable, "-m", "dvc", "repro", "-s", name], project, env)
@@ -445,7 +422,7 @@ def main(argv: Sequence[str]) -> None:
     quiet_lightning()
     if args.threads:
         torch.set_num_threads(args.threads)
-    env = venv_env(args.threads)
+    env = stage_env(args.threads)
     raw = read_params()
     run_seed = seed(raw)
     trainer = parse_section(TrainerParams, raw, "trainer")

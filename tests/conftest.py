@@ -1,7 +1,5 @@
 """Shared fixtures: the real MNIST once per run, and throwaway copies of the project as git repos."""
 
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,18 +11,9 @@ import yaml
 
 from mnistlab.data import Split, save_split
 from mnistlab.sources import fetch_mnist
+from mnistlab.workspace import ROOT, copy_project, venv_env  # noqa: F401 (ROOT: the tests import it from here)
 
-ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = ("data/", "models/", "metrics/", "plots/", "dvc.lock", "dvc_plots/")
 TINY = {"train_mlp": {"epochs": 1}, "train_mlr": {"epochs": 1}}
-
-
-def venv_env() -> dict[str, str]:
-    """The environment a stage sees under `make`: this interpreter's bin folder first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("CI", None)
-    return env
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -43,12 +32,6 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 def git(project: Path, *args: str) -> str:
     return run(["git", *args], project).stdout
-
-
-def project_files() -> list[str]:
-    """The project's files as a clone would have them (tracked or new), without pipeline outputs."""
-    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
-    return [name for name in listed if not name.startswith(OUTPUTS) and (ROOT / name).is_file()]
 
 
 def update_params(project: Path, changes: dict) -> None:
@@ -76,14 +59,8 @@ def make_project(tmp_path: Path, mnist_raw: Path) -> Callable[..., Path]:
     """A fresh git repo holding the project, with tiny params and the data from a `dir:` source."""
 
     def make(name: str = "project", params: dict | None = None) -> Path:
-        project = tmp_path / name
-        for file in project_files():
-            (project / file).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / file, project / file)
+        project = copy_project(tmp_path / name)
         update_params(project, TINY | {"download": {"sources": [f"dir:{mnist_raw}"]}} | (params or {}))
-        git(project, "init", "-q", "-b", "main")
-        git(project, "config", "user.email", "test@example.com")
-        git(project, "config", "user.name", "test")
         git(project, "add", "-A")
         git(project, "commit", "-qm", "project under test")
         return project
