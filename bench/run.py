@@ -6,7 +6,11 @@
    set-up included, process start-up (imports) not.
 2. Lightning's overhead: ``fit`` vs the same optimizer steps and metrics in a plain PyTorch loop.
 3. Stage start-up: ``python -c "import stages.<name>"`` and ``python -m stages.<name> --help``.
-4. The whole pipeline: ``dvc repro -s <stage>`` for each stage in a throwaway copy of the project.
+4. The whole pipeline: one ``dvc repro`` in a throwaway copy of the project, each stage timed from
+   DVC's "Running stage" line to the next; next to it the 10x target and the floor (both fits' steps
+   in the plain loop of item 2, nothing else).
+5. What bounds a CPU step: the plain loop's step under torch.profiler, split into matrix products,
+   dropout masks, RMSprop's step and everything else.
 
 Usage (from the project root, with the split stage's output in ``data/split``):
     python -m bench.run                      # the recorded figures (several minutes)
@@ -20,13 +24,14 @@ import json
 import logging
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -236,7 +241,7 @@ def plain_fit(model_name: str, params: TrainParams, run_seed: int, split_dir: Pa
     start = time.perf_counter()
     model = build_model(model_name).to(device)
     loss_function = nn.CrossEntropyLoss()
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=params.learning_rate)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=params.learning_rate, foreach=True)  # as the system
     train, validation = (load_split(split_dir / f"{name}.pt") for name in ("train", "validation"))
     train_batches = TensorBatches(
         train.images.to(device), train.labels.to(device), params.batch_size, shuffle=True, seed=run_seed
@@ -324,6 +329,8 @@ def startup(repeats: int, env: dict[str, str]) -> dict:
     reference = {
         "python -c pass": timed([python, "-c", "pass"]),
         "import torch": timed([python, "-c", "import torch"]),
+        "import torchvision": timed([python, "-c", "import torchvision"]),
+        "import torchmetrics": timed([python, "-c", "import torchmetrics"]),
         "import pytorch_lightning": timed([python, "-c", "import pytorch_lightning"]),
     }
     stages = {
@@ -338,9 +345,23 @@ def startup(repeats: int, env: dict[str, str]) -> dict:
 
 # 4. The whole pipeline --------------------------------------------------------------------------
 
+RUNNING_STAGE = re.compile(r"Running stage '([^']+)'")
+
+
+def stage_seconds(marks: list[tuple[str, float]], end: float) -> dict[str, float]:
+    """Each stage's share of one `dvc repro`: from its "Running stage" line to the next one (or the end).
+
+    A share includes what DVC does after the command (hashing and caching outputs, dvc.lock).
+    """
+    ends = [at for _, at in marks[1:]] + [end]
+    return {name: stop - at for (name, at), stop in zip(marks, ends, strict=True)}
+
 
 def pipeline(raw_dir: Path, accelerator: str, epochs: int | None, env: dict[str, str]) -> dict:
-    """Each stage of `dvc repro` in a fresh copy, timed on its own; the data comes from a `dir:` source."""
+    """One `dvc repro` of the whole pipeline in a fresh copy, each stage timed by DVC's own log lines.
+
+    The data comes from a `dir:` source, so that the download stage does not time the network.
+    """
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as folder:
         project = copy_project(Path(folder))
         params_file = project / "params.yaml"
@@ -353,12 +374,94 @@ def pipeline(raw_dir: Path, accelerator: str, epochs: int | None, env: dict[str,
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         subprocess.run(["git", "add", "-A"], cwd=project, check=True)
         subprocess.run(["git", "commit", "-qm", "bench"], cwd=project, capture_output=True, check=True)
-        stages = {}
-        for name in stage_names():
-            stages[name] = wall_seconds([sys.executable, "-m", "dvc", "repro", "-s", name], project, env)
-            print(f"  dvc repro -s {name}: {stages[name]:.1f} s", flush=True)
+        command = [sys.executable, "-m", "dvc", "repro"]
+        marks, output = [], []
+        start = time.perf_counter()
+        with subprocess.Popen(
+            command,
+            cwd=project,
+            env=env | {"PYTHONUNBUFFERED": "1"},  # DVC's log lines arrive when they are written
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process:
+            for line in process.stdout:
+                output.append(line)
+                if match := RUNNING_STAGE.search(line):
+                    marks.append((match.group(1), time.perf_counter()))
+                    print(f"  {time.perf_counter() - start:6.1f} s  stage {match.group(1)}", flush=True)
+        end = time.perf_counter()
+        if process.returncode != 0 or sorted(name for name, _ in marks) != sorted(stage_names()):
+            raise SystemExit(f"bench: {' '.join(command)} failed ({process.returncode}):\n{''.join(output)}")
     model_epochs = {name: params[train_section(name)]["epochs"] for name in MODEL_NAMES}
-    return {"stages_s": stages, "total_s": sum(stages.values()), "epochs": model_epochs, "accelerator": accelerator}
+    return {
+        "command": "dvc repro",
+        "stages_s": stage_seconds(marks, end),
+        "dvc_startup_s": marks[0][1] - start,
+        "total_s": end - start,
+        "epochs": model_epochs,
+        "accelerator": accelerator,
+    }
+
+
+# 5. What bounds a step -------------------------------------------------------------------------
+
+# Disjoint parts of a CPU step: the self time of these aten ops, and all of RMSprop's step.
+STEP_OPS = {"matrix products": ("aten::mm", "aten::addmm"), "dropout masks": ("aten::bernoulli_",)}
+OPTIMIZER_RANGE = "Optimizer.step#RMSprop.step"
+
+
+def endless_batches(batches: TensorBatches) -> Iterator[tuple[Tensor, Tensor]]:
+    while True:
+        yield from batches
+
+
+def step_profile(model_name: str, params: TrainParams, run_seed: int, split_dir: Path, steps: int) -> dict:
+    """Where a CPU training step's time goes: ``steps`` steps of the plain loop, timed, then profiled.
+
+    The step is the project's (RMSprop with foreach, batches from uint8); the parts are disjoint, and
+    "everything else" is autograd, the loss, activations, the batch gather and Python.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    pl.seed_everything(run_seed, workers=True, verbose=False)
+    model = build_model(model_name)
+    loss_function = nn.CrossEntropyLoss()
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=params.learning_rate, foreach=True)
+    train = load_split(split_dir / "train.pt")
+    batches = endless_batches(TensorBatches(train.images, train.labels, params.batch_size, shuffle=True, seed=run_seed))
+
+    def run(count: int) -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            images, labels = next(batches)
+            optimizer.zero_grad()
+            loss_function(model(images), labels).backward()
+            optimizer.step()
+        return (time.perf_counter() - start) / count * 1e3
+
+    run(20)  # warm-up
+    step_ms = run(steps)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        profiled_step_ms = run(steps)
+    events = {event.key: event for event in profiler.key_averages()}
+
+    def per_step_ms(microseconds: float) -> float:
+        return microseconds / steps / 1e3
+
+    parts = {
+        part: per_step_ms(sum(events[op].self_cpu_time_total for op in ops if op in events))
+        for part, ops in STEP_OPS.items()
+    }
+    parts["optimizer step"] = per_step_ms(events[OPTIMIZER_RANGE].cpu_time_total) if OPTIMIZER_RANGE in events else 0.0
+    parts["everything else"] = profiled_step_ms - sum(parts.values())
+    return {
+        "steps": steps,
+        "step_ms": step_ms,
+        "profiled_step_ms": profiled_step_ms,
+        "parts_ms": parts,
+        "shares": {part: value / profiled_step_ms for part, value in parts.items()},
+    }
 
 
 # The report -------------------------------------------------------------------------------------
@@ -398,11 +501,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-lab", action="store_true", help="leave out the lab's way (item 1a)")
     parser.add_argument("--skip-startup", action="store_true", help="leave out item 3")
     parser.add_argument("--skip-pipeline", action="store_true", help="leave out item 4")
+    parser.add_argument("--skip-profile", action="store_true", help="leave out item 5 (CPU only)")
+    parser.add_argument("--profile-steps", type=int, help="steps per model in item 5 (default 100; --quick: 20)")
     parser.add_argument("--json", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 3)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.startup_repeats = args.startup_repeats or (1 if args.quick else 5)
+    args.profile_steps = args.profile_steps or (20 if args.quick else 100)
     if args.quick and args.pipeline_epochs is None:
         args.pipeline_epochs = 1
     return args
@@ -500,12 +606,21 @@ def main(argv: Sequence[str]) -> None:
     if not args.skip_startup:
         report["startup"] = startup(args.startup_repeats, env)
     if not args.skip_pipeline:
-        print("pipeline (dvc repro, stage by stage, in a temporary copy):", flush=True)
+        print("pipeline (one dvc repro in a temporary copy):", flush=True)
         result = pipeline(raw_dir, trainer.accelerator, args.pipeline_epochs, env)
         if all("lab" in fits.get(name, {}) for name in MODEL_NAMES):
             lab_fits = sum(extrapolate(fits[name]["lab"], result["epochs"][name]) for name in MODEL_NAMES)
             result |= {"lab_fits_extrapolated_s": lab_fits, "speedup": lab_fits / result["total_s"]}
+        if all(name in fits for name in MODEL_NAMES):  # the floor: both fits' steps, nothing else
+            result["plain_fits_extrapolated_s"] = sum(
+                extrapolate(fits[name]["plain"], result["epochs"][name]) for name in MODEL_NAMES
+            )
         report["pipeline"] = result
+    if not args.skip_profile and device.type == "cpu":
+        report["step_profile"] = {}
+        for name in args.models:
+            params = parse_section(TrainParams, raw, train_section(name))
+            report["step_profile"][name] = step_profile(name, params, run_seed, split_dir, args.profile_steps)
 
     print()
     print(render(report))
@@ -568,15 +683,32 @@ def render(report: dict) -> str:
         )
     if "pipeline" in report:
         result = report["pipeline"]
-        rows = [[f"dvc repro -s {name}", seconds(value)] for name, value in result["stages_s"].items()]
-        rows.append(["total", seconds(result["total_s"])])
+        rows = [["DVC start-up, until the first stage", seconds(result["dvc_startup_s"])]]
+        rows += [[name, seconds(value)] for name, value in result["stages_s"].items()]
+        rows.append(["total: `dvc repro`", seconds(result["total_s"])])
         if "lab_fits_extrapolated_s" in result:
             rows.append(["lab's way, both fits alone (extrapolated)", seconds(result["lab_fits_extrapolated_s"])])
             rows.append(["speedup: lab's fits / our whole pipeline", ratio(result["speedup"])])
+            rows.append(["10x target: the whole pipeline in at most", seconds(result["lab_fits_extrapolated_s"] / 10)])
+        if "plain_fits_extrapolated_s" in result:
+            floor = result["plain_fits_extrapolated_s"]
+            rows.append(["floor: both fits in a plain loop, nothing else", seconds(floor)])
         epochs = ", ".join(f"{name} {count}" for name, count in result["epochs"].items())
         sections.append(
-            f"4. The whole pipeline, accelerator {result['accelerator']}, epochs: {epochs}\n"
-            + table(["stage", "s"], rows)
+            f"4. The whole pipeline: one `dvc repro`, accelerator {result['accelerator']}, epochs: {epochs}; a stage "
+            "runs from its 'Running stage' line to the next\n" + table(["stage", "s"], rows)
+        )
+    if "step_profile" in report:
+        profiles = report["step_profile"]
+        parts = list(next(iter(profiles.values()))["parts_ms"])
+        rows = [
+            [name, f"{p['step_ms']:.2f}", f"{p['profiled_step_ms']:.2f}"]
+            + [f"{p['parts_ms'][part]:.2f} ({p['shares'][part]:.0%})" for part in parts]
+            for name, p in profiles.items()
+        ]
+        sections.append(
+            f"5. What bounds a CPU step: the plain loop's step, {next(iter(profiles.values()))['steps']} steps timed, "
+            "then the same under torch.profiler (ms per step)\n" + table(["model", "step", "profiled", *parts], rows)
         )
     return "\n\n".join(sections)
 
