@@ -15,3 +15,7 @@ class DataError(PipelineError):
 
 class SourceError(PipelineError):
     """No data source could deliver MNIST."""
+
+
+class TrainingError(PipelineError):
+    """Training could not run as configured (e.g. a DDP process that never joined)."""

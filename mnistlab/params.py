@@ -97,8 +97,9 @@ def devices(key: str, value: Any) -> int | str | tuple[int, ...]:
     raise _fail(key, value, "'auto', a device count >= 1 (or -1 for all), or a list of device indices")
 
 
-def _param(check: Check) -> Any:
-    return field(metadata={"check": check})
+def _param(check: Check, **default: Any) -> Any:
+    """A params.yaml key; ``default=`` only for code that builds the dataclass itself (params.yaml must set it)."""
+    return field(metadata={"check": check}, **default)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class TrainerParams:
     strategy: str = _param(text)
     num_nodes: int = _param(integer(1))
     precision: str = _param(choice(PRECISIONS))
+    join_timeout_s: float = _param(real(0.0), default=300.0)  # DDP: how long a process waits for the others to join
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class TrainParams:
     learning_rate: float = _param(real(0.0))  # RMSprop
     batch_size: int = _param(integer(1))
     eval_batch_size: int = _param(integer(1))  # validation runs in batches this large
+    cuda_graphs: str = _param(choice(("auto", "off")), default="auto")  # auto: record the steps as CUDA graphs on a GPU
 
 
 @dataclass(frozen=True)

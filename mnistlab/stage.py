@@ -1,11 +1,16 @@
 """What every stage script shares: clear errors instead of tracebacks, and result files."""
 
 import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mnistlab.errors import PipelineError
+from mnistlab.errors import DataError, PipelineError
+
+# What a training stage writes into its folder (models/<model>/, cached by DVC, so that the
+# run-cache restores all of it); the evaluate stage copies the small files where git keeps them.
+CHECKPOINT, HISTORY, SUMMARY, MACHINE = "model.ckpt", "metrics.csv", "summary.txt", "machine.json"
 
 
 def run_stage(main: Callable[[Sequence[str]], None]) -> None:
@@ -21,3 +26,12 @@ def write_json(path: Path, content: dict) -> None:
     """Pretty, key-sorted JSON, so that ``git diff`` of a metrics file shows what changed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def copy_file(source: Path, copy: Path) -> None:
+    """Copy ``source`` to ``copy``; a missing source is a DataError naming it."""
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(source, copy)
+    except FileNotFoundError:
+        raise DataError(f"{source} not found: run the stage that writes it first (dvc repro)") from None

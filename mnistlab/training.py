@@ -5,16 +5,22 @@ import ctypes
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.strategies import DDPStrategy
 
+from mnistlab.errors import TrainingError
+from mnistlab.machine import machine_record
 from mnistlab.models import build_model, summarize
 from mnistlab.params import TrainerParams, TrainParams, parse_section, read_params, seed, train_section
+from mnistlab.stage import CHECKPOINT, MACHINE, SUMMARY, write_json
 from mnistlab.system import Classifier, InMemoryMNIST
 
 
@@ -45,6 +51,30 @@ def skip_nvml_probe_without_driver() -> None:
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
+class EpochReport(pl.Callback):
+    """One line per epoch (where no progress bar is shown) and the fit's time spent in epochs."""
+
+    def __init__(self, print_lines: bool) -> None:
+        self.print_lines = print_lines
+        self.epoch_seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, system: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, system: pl.LightningModule) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self.started)
+        if self.print_lines and trainer.is_global_zero:
+            values = "  ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items()))
+            print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {values}", flush=True)
+
+
+def strategy(trainer: TrainerParams) -> str | DDPStrategy:
+    """``trainer.strategy``, with DDP's join timeout where the strategy is plain ``ddp``."""
+    if trainer.strategy == "ddp":
+        return DDPStrategy(timeout=timedelta(seconds=trainer.join_timeout_s))
+    return trainer.strategy
+
+
 def build_trainer(params: TrainParams, trainer: TrainerParams, history_dir: Path | None, **overrides) -> pl.Trainer:
     """A Trainer with the params' settings; ``history_dir`` gets the CSV history (None: no logger)."""
     logger = CSVLogger(save_dir=history_dir.parent, name=history_dir.name, version="") if history_dir else False
@@ -52,7 +82,7 @@ def build_trainer(params: TrainParams, trainer: TrainerParams, history_dir: Path
         max_epochs=params.epochs,
         accelerator=trainer.accelerator,
         devices=list(trainer.devices) if isinstance(trainer.devices, tuple) else trainer.devices,
-        strategy=trainer.strategy,
+        strategy=strategy(trainer),
         num_nodes=trainer.num_nodes,
         precision=trainer.precision,
         deterministic=True,
@@ -62,6 +92,7 @@ def build_trainer(params: TrainParams, trainer: TrainerParams, history_dir: Path
         enable_model_summary=False,  # the stage prints torchinfo's summary instead
         enable_progress_bar=show_progress(),
         num_sanity_val_steps=0,
+        callbacks=[EpochReport(print_lines=not show_progress())],
     )
     return pl.Trainer(**(options | overrides))
 
@@ -73,22 +104,39 @@ def fit(
     seed: int,
     split_dir: Path,
     history_dir: Path | None,
+    cuda_graphs: bool | None = None,
     **trainer_overrides,
 ) -> tuple[pl.Trainer, Classifier]:
-    """Seed everything, then fit ``model_name`` on the split in ``split_dir``."""
+    """Seed everything, then fit ``model_name`` on the split in ``split_dir``.
+
+    ``cuda_graphs``: None follows ``params.cuda_graphs`` (auto: graphs on a GPU where possible).
+    """
     skip_nvml_probe_without_driver()
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    system = Classifier(model_name, params.learning_rate)
+    if cuda_graphs is None and params.cuda_graphs == "off":
+        cuda_graphs = False
+    system = Classifier(model_name, params.learning_rate, cuda_graphs)
     data = InMemoryMNIST(split_dir, params.batch_size, params.eval_batch_size, seed)
     trainer = build_trainer(params, trainer_params, history_dir, **trainer_overrides)
-    trainer.fit(system, datamodule=data)
+    try:
+        trainer.fit(system, datamodule=data)
+    except torch.distributed.DistError as error:  # a node that never joined, or left
+        raise TrainingError(
+            f"the {trainer.world_size} DDP processes did not all join within trainer.join_timeout_s = "
+            f"{trainer_params.join_timeout_s:g} s (num_nodes {trainer_params.num_nodes}, this node's rank "
+            f"{os.environ.get('NODE_RANK', '0')}, MASTER_ADDR {os.environ.get('MASTER_ADDR', '?')}, MASTER_PORT "
+            f"{os.environ.get('MASTER_PORT', '?')}): start the stage on every node with the same MASTER_ADDR and "
+            f"MASTER_PORT and NODE_RANK 0..{trainer_params.num_nodes - 1}. {type(error).__name__}: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
     return trainer, system
 
 
 def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
     """Lightning's checkpoint, written beside ``path`` and renamed into place when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if trainer.is_global_zero:  # the processes of other nodes write nothing
+        path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     trainer.save_checkpoint(partial, weights_only=False)  # full: weights, optimizer, loop state
     if trainer.is_global_zero:
@@ -96,13 +144,13 @@ def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
 
 
 def stage_main(model_name: str, argv: Sequence[str]) -> None:
-    """What ``stages/train_<model>.py`` does: summary, fit, checkpoint, CSV history."""
+    """What ``stages/train_<model>.py`` does: fit, then checkpoint, history, summary and machine record."""
     quiet_lightning()
     parser = argparse.ArgumentParser(description=f"Stage train_{model_name}: fit the lab's {model_name.upper()}.")
     parser.add_argument("split_dir", type=Path, help="the split stage's output")
-    parser.add_argument("checkpoint", type=Path, help="output: the Lightning checkpoint")
-    parser.add_argument("history_dir", type=Path, help="output: CSVLogger's metrics.csv, one row per epoch")
-    parser.add_argument("summary", type=Path, help="output: torchinfo's summary of the network")
+    parser.add_argument(
+        "out_dir", type=Path, help="output: model.ckpt, metrics.csv (history), summary.txt, machine.json"
+    )
     args = parser.parse_args(argv)
     raw = read_params()
     params = parse_section(TrainParams, raw, train_section(model_name))
@@ -110,8 +158,13 @@ def stage_main(model_name: str, argv: Sequence[str]) -> None:
 
     summary = summarize(build_model(model_name), params.batch_size)  # before seeding: it draws a random input
     print(summary)
-    args.summary.parent.mkdir(parents=True, exist_ok=True)
-    args.summary.write_text(summary + "\n")
-
-    trainer, _ = fit(model_name, params, trainer_params, seed(raw), args.split_dir, args.history_dir)
-    save_checkpoint(trainer, args.checkpoint)
+    started = time.perf_counter()
+    trainer, system = fit(model_name, params, trainer_params, seed(raw), args.split_dir, args.out_dir)
+    save_checkpoint(trainer, args.out_dir / CHECKPOINT)
+    if trainer.is_global_zero:  # the other nodes' processes write nothing
+        (args.out_dir / SUMMARY).write_text(summary + "\n")
+        record = machine_record(str(system.device)) | {"world_size": trainer.world_size}
+        print(f"machine: {record}")
+        write_json(args.out_dir / MACHINE, record)
+        epochs = next(c for c in trainer.callbacks if isinstance(c, EpochReport)).epoch_seconds
+        print(f"fit: {sum(epochs):.2f} s in epochs, {time.perf_counter() - started:.2f} s in all")

@@ -169,7 +169,12 @@ def test_chunks_group_consecutive_batches() -> None:
     batches = TensorBatches(torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(10), 2, shuffle=False)
     chunks = list(Chunks(batches, 2))
     assert len(Chunks(batches, 2)) == len(chunks) == 3
-    assert [[y.tolist() for _, y in chunk] for chunk in chunks] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[8, 9]]]
+    assert [[chunk.labels[batch].tolist() for batch in chunk.batches] for chunk in chunks] == [
+        [[0, 1], [2, 3]],
+        [[4, 5], [6, 7]],
+        [[8, 9]],
+    ]
+    assert all(chunk.images is batches.images for chunk in chunks)  # indices into the resident tensors, no copies
 
 
 def test_training_sample_finds_the_lab_s_first_image_in_either_part(tmp_path) -> None:

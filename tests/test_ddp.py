@@ -110,15 +110,15 @@ def test_train_stage_under_ddp(tmp_path: Path, tiny_split_dir: Path) -> None:
     params["trainer"] = DDP_CPU
     params["train_mlr"] |= {"epochs": 2, "batch_size": 16, "eval_batch_size": 8}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    outputs = ["models/mlr.ckpt", "plots/history/mlr", "metrics/mlr_summary.txt"]
+    outputs = ["models/mlr"]
     env = venv_env() | {"PYTHONPATH": str(ROOT)}  # the stages from this checkout, params.yaml from tmp_path
     command = [sys.executable, "-m", "stages.train_mlr", str(tiny_split_dir), *outputs]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
-    rows = history(tmp_path / "plots/history/mlr/metrics.csv")
+    rows = history(tmp_path / "models/mlr/metrics.csv")
     assert [row["epoch"] for row in rows] == [0, 1]
-    checkpoint = torch.load(tmp_path / "models/mlr.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "models/mlr/model.ckpt", weights_only=False)
     assert checkpoint["epoch"] == 2
     Classifier("mlr", 0.01).load_state_dict(checkpoint["state_dict"])  # strict: every weight present
-    assert not list((tmp_path / "models").glob(".*partial"))
+    assert not list((tmp_path / "models/mlr").glob(".*partial"))

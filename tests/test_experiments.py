@@ -185,7 +185,7 @@ def test_branches_compare_and_remotes_round_trip(make_project, tmp_path: Path, s
 
     # Pull the outputs and the run-cache: nothing left to run.
     dvc(clone, "pull", "--run-cache")
-    assert (clone / "models/mlr.ckpt").is_file()
+    assert (clone / "models/mlr/model.ckpt").is_file()
     assert "up to date" in dvc(clone, "status").stdout
     assert ran(dvc(clone, "repro").stdout) == []
 
@@ -201,6 +201,6 @@ def test_branches_compare_and_remotes_round_trip(make_project, tmp_path: Path, s
     dvc(other, "remote", "add", "--local", *s3)
     dvc(other, "remote", "modify", "--local", "s3", "endpointurl", s3_endpoint)
     dvc(other, "pull", "-r", "s3", "--run-cache")
-    assert (other / "models/mlr.ckpt").read_bytes() == (project / "models/mlr.ckpt").read_bytes()
+    assert (other / "models/mlr/model.ckpt").read_bytes() == (project / "models/mlr/model.ckpt").read_bytes()
     assert "up to date" in dvc(other, "status").stdout
     assert ran(dvc(other, "repro").stdout) == []

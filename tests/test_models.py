@@ -86,3 +86,31 @@ def test_foreach_rmsprop_is_bitwise_the_per_tensor_rmsprop() -> None:
         weights.append(model.state_dict())
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
+
+
+def test_the_graph_path_computes_what_the_eager_path_computes(tiny_split_dir, monkeypatch) -> None:
+    """cuda_graphs=True on a CPU: the graph path's static index buffers, plain backward and optimizer
+    step and in-place zeroed gradients, run at each replay without recording. It must give the eager
+    path's weights, step count and metrics, bit for bit; only the recording itself needs a GPU."""
+    import mnistlab.system
+
+    params = TrainParams(epochs=2, learning_rate=0.01, batch_size=8, eval_batch_size=32)  # 8 steps per epoch
+    monkeypatch.setattr(mnistlab.system, "STEPS_PER_CALL", 3)  # chunks of 3, 3 and 2 steps: two graph shapes
+    graphed_trainer, graphed = fit("mlp", params, TRAINER, 1, tiny_split_dir, None, cuda_graphs=True)
+    eager_trainer, eager = fit("mlp", params, TRAINER, 1, tiny_split_dir, None, cuda_graphs=False)
+    assert set(graphed.graphs) == {(8, 8, 8), (8, 8)} and eager.graphs is None
+    assert graphed_trainer.global_step == eager_trainer.global_step == 16
+    for (name, a), b in zip(graphed.state_dict().items(), eager.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for name in ["train_loss", "train_accuracy", "valid_loss", "valid_accuracy"]:
+        assert torch.equal(graphed_trainer.callback_metrics[name], eager_trainer.callback_metrics[name]), name
+
+
+def test_graphs_are_automatic_on_a_gpu_only(tiny_split_dir) -> None:
+    """auto (None) records graphs on CUDA alone; on a CPU the eager path runs."""
+    params = TrainParams(epochs=1, learning_rate=0.01, batch_size=8, eval_batch_size=32)
+    _, system = fit("mlr", params, TRAINER, 1, tiny_split_dir, None)
+    assert system.graphs is None
+    off = TrainParams(epochs=1, learning_rate=0.01, batch_size=8, eval_batch_size=32, cuda_graphs="off")
+    _, system = fit("mlr", off, TRAINER, 1, tiny_split_dir, None, cuda_graphs=None)
+    assert system.graphs is None

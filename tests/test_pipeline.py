@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from tests.conftest import dvc, git, update_params
 
@@ -25,6 +26,14 @@ def test_repro_rerun_change_and_compare(make_project) -> None:
     metrics = json.loads((project / "metrics/mlp.json").read_text())
     assert 0.5 < metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
     assert json.loads((project / "metrics/data.json").read_text())["train"]["samples"] == 48_000
+    for model in ["mlp", "mlr"]:  # the machine record: run by DVC, MKL in its strict mode; copied for git
+        machine = json.loads((project / f"plots/history/{model}/machine.json").read_text())
+        assert machine == json.loads((project / f"models/{model}/machine.json").read_text())
+        assert machine["mkl"].endswith(",STRICT") and machine["threads"] == "any (MKL strict mode)", machine
+        assert machine["torch"] == torch.__version__ and machine["cpu_capability"] in {"AVX2", "AVX512", "DEFAULT"}
+        assert (project / f"models/{model}/metrics.csv").read_bytes() == (
+            project / f"plots/history/{model}/metrics.csv"
+        ).read_bytes()
     for figure in ["accuracy", "sample_digit", "misclassified_mlp", "per_class_accuracy", "confusion_matrix"]:
         assert (project / f"plots/figures/{figure}.png").stat().st_size > 1000
 

@@ -1,0 +1,95 @@
+"""Thread-invariant CPU arithmetic, and the record of the machine a result was computed on.
+
+Intel MKL, torch's BLAS on x86-64, splits a matrix product into blocks by thread count, so 1, 2
+and 4 threads round differently. Its strict conditional-numerical-reproducibility mode
+(``MKL_CBWR=...,STRICT``) makes the result the same for any thread count. MKL reads the variable
+when it first runs, so ``mnistlab/__init__.py`` sets it before anything computes; a value already in
+the environment wins (``MKL_CBWR=AUTO`` turns the strict mode off). Nothing here imports torch at
+module level.
+"""
+
+import ctypes
+import os
+import platform
+from pathlib import Path
+
+MKL_CBWR = "MKL_CBWR"
+STRICT_CBWR = "AVX2,STRICT"  # AVX2: the branch both x86 vendors run; MKL on AMD maps it to AUTO
+
+# mkl_cbwr_get's answer: a branch number, plus 0x10000 for the strict mode (mkl_service.h)
+_BRANCHES = {
+    0: "OFF",
+    1: "OFF",
+    2: "AUTO",
+    3: "COMPATIBLE",
+    4: "SSE2",
+    6: "SSSE3",
+    7: "SSE4_1",
+    8: "SSE4_2",
+    9: "AVX",
+    10: "AVX2",
+    12: "AVX512",
+    14: "AVX512_E1",
+}
+_STRICT = 0x10000
+
+
+def pin_cpu_arithmetic() -> None:
+    """Ask MKL for its strict mode unless the user chose another (read when MKL first runs)."""
+    os.environ.setdefault(MKL_CBWR, STRICT_CBWR)
+
+
+def mkl_mode() -> str:
+    """MKL's mode as MKL itself reports it (e.g. ``AUTO,STRICT``), or why it cannot be read."""
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return "no MKL (torch's BLAS is another library)"
+    torch.ones(2, 2) @ torch.ones(2, 2)  # MKL settles its mode on its first call
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        get = library.mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return f"unknown (MKL_CBWR={os.environ.get(MKL_CBWR, '')!r})"
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    mode = get(-1)  # MKL_CBWR_ALL
+    branch = _BRANCHES.get(mode & 0xFFFF, str(mode & 0xFFFF))
+    return f"{branch},STRICT" if mode & _STRICT else branch
+
+
+def cpu_model() -> dict[str, str]:
+    """The CPU's model name, vendor and family/model numbers, from /proc/cpuinfo where there is one."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_vendor": fields.get("vendor_id") or platform.machine(),
+        "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+    }
+
+
+def machine_record(device: str) -> dict:
+    """What decides the bits of a result besides its inputs: hardware, software, threads."""
+    import pytorch_lightning
+    import torch
+
+    mkl = mkl_mode()
+    record = cpu_model() | {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels ATen dispatches to
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
+        "torch": torch.__version__,
+        "lightning": pytorch_lightning.__version__,
+        "mkl": mkl,
+        # in MKL's strict mode the bits do not depend on the thread count (tests/test_reproducibility.py),
+        # so a recorded count would only make results from 2 and 8 cores look different
+        "threads": "any (MKL strict mode)" if mkl.endswith("STRICT") else torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        record["cuda"] = torch.version.cuda
+    return record
