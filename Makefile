@@ -12,9 +12,12 @@ MODEL  ?= mlp
 VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
 VENDOR        := html/vendor
 VEGA          := $(VENDOR)/.installed
+# `make bench` / `make bench-gpu`: extra options for python -m bench (see python -m bench --help).
+BENCH_ARGS ?=
+BENCH_DEPS := bench/.deps
 
 .DEFAULT_GOAL := help
-.PHONY: help repro test test-fast predict bench lint format clean-venv
+.PHONY: help repro test test-fast predict bench bench-gpu lint format clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -33,8 +36,13 @@ predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png fo
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="digit.png my_digits/" [MODEL=mlr] [JSON=1]' >&2; exit 2; }
 	$(PYTHON) -m mnistlab.predict --model $(MODEL) $(if $(JSON),--json) $(IMAGES)
 
-bench: $(STAMP) ## performance benchmark: prints a table, writes bench/results.json
-	$(PYTHON) -m bench.run
+bench: $(STAMP) $(BENCH_DEPS)/.installed ## CPU benchmark vs the lab's code (real ISLP): tables, bench/results.json
+	$(PYTHON) -m bench $(BENCH_ARGS)
+
+# Any python3 with torch, Lightning, torchmetrics, torchvision, pandas, matplotlib and PyYAML: no .venv,
+# DVC or torchinfo needed. Reads the repository and data/MNIST/raw (or BENCH_ARGS="--data-root DIR").
+bench-gpu: ## GPU table: fits, plain loop, CUDA graphs, stage times; writes bench/results_gpu.json
+	python3 -m bench --gpu $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff: format check and lint
 	$(PYTHON) -m ruff format --check .
@@ -43,6 +51,12 @@ lint: $(STAMP) ## ruff: format check and lint
 format: $(STAMP) ## ruff: format and fix
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
+
+# ISLP 0.6.0 and what `import ISLP` needs, for the bench's lab's way only: not in the project's .venv.
+$(BENCH_DEPS)/.installed: bench/requirements.txt | $(STAMP)
+	rm -rf $(BENCH_DEPS)
+	$(PYTHON) -m pip install --quiet --no-deps --target $(BENCH_DEPS) -r bench/requirements.txt
+	touch $@
 
 $(STAMP): requirements.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)

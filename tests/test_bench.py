@@ -1,4 +1,4 @@
-"""`make bench` still runs and measures what it says: a --quick run on real MNIST, and its parts."""
+"""The bench still runs and measures what it says: its parsers, and short runs of each of its tables."""
 
 import json
 import subprocess
@@ -6,9 +6,57 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from bench.run import RUNNING_STAGE, stage_names, stage_seconds
+from bench.common import (
+    Run,
+    extrapolate,
+    fit_epoch_seconds,
+    stage_argv,
+    stage_commands,
+    stage_names,
+    stage_summary,
+    summarize_runs,
+)
+from bench.gpu import largest_difference
+from bench.lab import DEPS, lab_seconds
+from bench.pipeline import RUNNING_STAGE, split_by_stage
 from mnistlab.workspace import ROOT, venv_env
+
+# A machine without DVC and torchinfo, as `make bench-gpu` must work on: an import hook, loaded at
+# start-up through PYTHONPATH, that finds neither in site-packages (bench/stand_ins/ still counts).
+HIDE_DVC_AND_TORCHINFO = """
+import sys
+from importlib.abc import MetaPathFinder
+from importlib.machinery import PathFinder
+
+
+class HideInstalled(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] not in ("dvc", "torchinfo"):
+            return None
+        spec = PathFinder.find_spec(name, [entry for entry in (path or sys.path) if "site-packages" not in entry])
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by tests/test_bench.py)", name=name)
+        return spec
+
+
+sys.meta_path.insert(0, HideInstalled())
+"""
+
+
+def without_dvc_and_torchinfo(folder: Path) -> dict[str, str]:
+    """The stages' environment, with dvc and torchinfo hidden in every Python started from it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HIDE_DVC_AND_TORCHINFO)
+    return venv_env() | {"PYTHONPATH": f"{folder}:{ROOT}"}
+
+
+def data_root_with_raw(tmp_path: Path, mnist_raw: Path) -> Path:
+    data = tmp_path / "data"
+    (data / "MNIST").mkdir(parents=True)
+    (data / "MNIST" / "raw").symlink_to(mnist_raw)
+    return data
 
 
 def test_running_stage_matches_dvcs_log_line() -> None:
@@ -17,32 +65,88 @@ def test_running_stage_matches_dvcs_log_line() -> None:
     assert RUNNING_STAGE.search("Updating lock file 'dvc.lock'") is None
 
 
-def test_stage_seconds_split_one_repro_at_the_running_stage_lines() -> None:
-    marks = [("download", 1.0), ("split", 2.5), ("train_mlp", 10.0)]
-    assert stage_seconds(marks, end=12.0) == {"download": 1.5, "split": 7.5, "train_mlp": 2.0}
+def test_one_repro_splits_into_stages_at_the_running_stage_lines() -> None:
+    lines = [
+        (1.0, "Running stage 'split':\n"),
+        (1.5, "> python -m stages.split data data/split metrics/data.json\n"),
+        (2.5, "Running stage 'train_mlp':\n"),
+        (9.0, "epoch 1/1: train_loss 0.5\n"),
+        (9.5, "fit: 6.25 s in epochs, 7.00 s in all\n"),
+    ]
+    stages = split_by_stage(lines, end=12.0)
+    assert {name: stage["wall_s"] for name, stage in stages.items()} == {"split": 1.5, "train_mlp": 9.5}
+    assert fit_epoch_seconds(stages["train_mlp"]["output"]) == 6.25
+    assert fit_epoch_seconds(stages["split"]["output"]) is None
+
+
+def test_non_training_time_is_the_stages_less_their_fits_epochs() -> None:
+    stages = {
+        "split": {"wall_s": 2.0, "fit_epochs_s": None},
+        "train_mlp": {"wall_s": 10.0, "fit_epochs_s": 7.0},
+        "train_mlr": {"wall_s": 5.0, "fit_epochs_s": 3.0},
+    }
+    assert stage_summary(stages) == {"stages_total_s": 17.0, "fit_epochs_total_s": 10.0, "non_training_s": 7.0}
+    stages["train_mlr"]["fit_epochs_s"] = None  # a stage that prints no fit line: n/a, not a wrong number
+    assert stage_summary(stages)["non_training_s"] is None
+
+
+def test_stage_commands_are_dvc_yamls_run_by_this_python() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    commands = stage_commands()
+    assert stage_names() == list(stages)
+    argv = stage_argv(commands["train_mlp"])
+    assert argv[0] == sys.executable
+    assert argv[1:] == stages["train_mlp"]["cmd"].split()[1:]
+
+
+def test_lab_extrapolation_adds_median_epochs_to_what_was_measured() -> None:
+    summary = summarize_runs([Run(10.0, [4.0, 3.0, 2.0])], epochs=3)
+    assert extrapolate(summary, 30) == pytest.approx(10.0 + 27 * 3.0)
+    lab = {"data_s": 1.0, "models": {"mlp": summary | {"test_s": 0.5}}}
+    assert lab_seconds(lab, {"mlp": 30}) == pytest.approx(1.0 + 91.0 + 0.5)
+
+
+def test_largest_difference_of_final_history_rows() -> None:
+    eager = {"train_loss": 0.5, "valid_accuracy": 0.9}
+    assert largest_difference(eager, {"train_loss": 0.25, "valid_accuracy": 0.95}) == 0.25
+    assert largest_difference(eager, {}) is None
+
+
+def test_bench_imports_neither_dvc_nor_torchinfo(tmp_path: Path) -> None:
+    modules = "bench.cli, bench.gpu, bench.stage_times, bench.lab, bench.pipeline, bench.startup, bench.step_profile"
+    check = f"import sys, {modules}; assert not {{'dvc', 'torchinfo'}} & set(sys.modules), sorted(sys.modules)"
+    env = without_dvc_and_torchinfo(tmp_path / "hide")
+    for command in ([sys.executable, "-c", check], [sys.executable, "-m", "bench", "--help"]):
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    hidden = subprocess.run([sys.executable, "-c", "import torchinfo"], cwd=ROOT, env=env, capture_output=True)
+    assert hidden.returncode != 0  # the hook works, so the check above means something
 
 
 @pytest.mark.slow
 def test_quick_bench_times_every_stage_and_profiles_the_step(tmp_path: Path, mnist_raw: Path) -> None:
-    data = tmp_path / "data"
-    (data / "MNIST").mkdir(parents=True)
-    (data / "MNIST" / "raw").symlink_to(mnist_raw)
+    data = data_root_with_raw(tmp_path, mnist_raw)
     env = venv_env()
     split = [sys.executable, "-m", "stages.split", str(data), str(data / "split"), str(tmp_path / "data.json")]
     subprocess.run(split, cwd=ROOT, env=env, check=True, capture_output=True)
     report_path = tmp_path / "results.json"
-    bench = [sys.executable, "-m", "bench.run", "--quick", "--skip-lab", "--skip-startup"]
+    bench = [sys.executable, "-m", "bench", "--quick", "--skip-lab", "--skip-startup"]
     bench += ["--data-root", str(data), "--json", str(report_path)]
     result = subprocess.run(bench, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
 
     report = json.loads(report_path.read_text())
     pipeline = report["pipeline"]
-    assert set(pipeline["stages_s"]) == set(stage_names())
-    assert all(seconds > 0 for seconds in pipeline["stages_s"].values())
-    assert pipeline["total_s"] >= pipeline["dvc_startup_s"] + sum(pipeline["stages_s"].values()) - 1e-6
+    assert list(pipeline["stages"]) == stage_names()
+    assert all(stage["wall_s"] > 0 for stage in pipeline["stages"].values())
+    assert pipeline["total_s"] >= pipeline["dvc_startup_s"] + pipeline["stages_total_s"] - 1e-6
+    # The training stages' "fit: ... s in epochs" lines were found, and are part of their stage's time.
+    for name in ("train_mlp", "train_mlr"):
+        stage = pipeline["stages"][name]
+        assert 0 < stage["fit_epochs_s"] < stage["wall_s"]
+    assert 0 < pipeline["non_training_s"] < pipeline["stages_total_s"]
     assert pipeline["epochs"] == {"mlp": 1, "mlr": 1}
-    assert pipeline["plain_fits_extrapolated_s"] > 0
+    assert pipeline["plain_fits_s"] > 0
     # The profile finds the ops it names in this torch: both models multiply and step RMSprop,
     # only the MLP draws dropout masks.
     profile = report["step_profile"]
@@ -53,3 +157,49 @@ def test_quick_bench_times_every_stage_and_profiles_the_step(tmp_path: Path, mni
     assert profile["mlp"]["parts_ms"]["dropout masks"] > 0
     assert profile["mlr"]["parts_ms"]["dropout masks"] == 0
     assert "5. What bounds a CPU step" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_table_runs_on_a_cpu_without_dvc_torchinfo_or_a_split(tmp_path: Path, mnist_raw: Path) -> None:
+    data = data_root_with_raw(tmp_path, mnist_raw)  # MNIST/raw only: the bench makes its own split
+    report_path = tmp_path / "results_gpu.json"
+    bench = [sys.executable, "-m", "bench", "--gpu", "--accelerator", "cpu", "--quick", "--models", "mlr"]
+    bench += ["--data-root", str(data), "--json", str(report_path)]
+    env = without_dvc_and_torchinfo(tmp_path / "hide")
+    result = subprocess.run(bench, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    report = json.loads(report_path.read_text())
+    stages = report["stage_times"]
+    assert list(stages["stages"]) == stage_names()
+    assert stages["torchinfo"].startswith("stand-in")
+    for name in ("train_mlp", "train_mlr"):
+        assert 0 < stages["stages"][name]["fit_epochs_s"] < stages["stages"][name]["wall_s"]
+    assert 0 < stages["non_training_s"] < stages["stages_total_s"]
+    fits = report["gpu"]["models"]["mlr"]
+    assert report["gpu"]["graph_path"] is True
+    for label in ("fit", "plain", "eager", "graphs"):
+        assert len(fits[label]["runs"][0]["epoch_seconds"]) == 1
+    # On a CPU the graph path runs the same arithmetic through static buffers: the same history.
+    assert fits["final_row_max_abs_difference"] < 1e-6
+    assert "GPU table" in result.stdout and "Stage times" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEPS / "ISLP").is_dir(), reason="ISLP for the lab's way not installed: run `make bench`")
+def test_lab_way_runs_the_real_islp(tmp_path: Path, mnist_raw: Path) -> None:
+    data = data_root_with_raw(tmp_path, mnist_raw)
+    report_path = tmp_path / "lab.json"
+    lab = [sys.executable, "-m", "bench.lab", "--models", "mlr", "--epochs", "1"]
+    lab += ["--data-root", str(data), "--json", str(report_path)]
+    env = venv_env() | {"PYTHONPATH": str(ROOT)}
+    result = subprocess.run(lab, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    figures = json.loads(report_path.read_text())["models"]["mlr"]
+    assert len(figures["fit"]["epoch_seconds"]) == 1 and figures["test_s"] > 0
+    assert figures["test_accuracy"] > 0.85  # the lab's MLR after one epoch
+    # ISLP's SimpleModule and ErrorTracker wrote the lab's own history columns.
+    (history,) = (tmp_path / "logs" / "MNIST_MLR").glob("version_*/metrics.csv")
+    header = history.read_text().splitlines()[0].split(",")
+    assert {"train_accuracy_epoch", "train_loss", "valid_accuracy", "valid_loss"} <= set(header)

@@ -1,0 +1,192 @@
+"""How fast the project is, next to the lab's own code, on this machine: prints tables, writes JSON.
+
+CPU (`make bench`, ``python -m bench``):
+1. The lab's way (bench/lab.py: the lab's cells with the real ISLP 0.6.0) vs ours (``fit``), same steps.
+2. Lightning's overhead: ``fit`` vs the same steps in a plain PyTorch loop (bench/overhead.py).
+3. Stage start-up: importing each stage, and its ``--help`` (bench/startup.py).
+4. The whole pipeline: one ``dvc repro -f`` in a throwaway copy, per stage, its non-training time, and
+   the lab's two fits + tests (extrapolated to the pipeline's epochs) over it (bench/pipeline.py).
+5. What bounds a CPU step, under torch.profiler (bench/step_profile.py).
+
+GPU (`make bench-gpu`, ``python3 -m bench --gpu``): our fits, the plain loop, the graph path (eager vs
+CUDA graphs) and each stage as ``python -m stages.<name>`` without DVC (bench/gpu.py,
+bench/stage_times.py); only the repository and the MNIST files are read, no DVC or torchinfo needed.
+
+Usage (from the project root):
+    python -m bench                        # the recorded CPU figures (needs data/split: make repro)
+    python -m bench --quick                # a smoke test: 1 epoch, 1 repeat, 1-epoch pipeline
+    python3 -m bench --gpu                 # the GPU table, 30 epochs
+    python -m bench --gpu --accelerator cpu --quick   # the GPU table's code, on a CPU
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from bench import gpu, lab, overhead, pipeline, stage_times, startup, step_profile
+from bench.common import extrapolate, machine, quiet_lightning, resolve_device, stage_env, synchronize
+from mnistlab.params import (
+    MODEL_NAMES,
+    TrainerParams,
+    TrainParams,
+    parse_section,
+    read_params,
+    seed,
+    train_section,
+)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 1 repeat, 1-epoch stages")
+    parser.add_argument("--gpu", action="store_true", help="the GPU table instead of items 1-5")
+    parser.add_argument("--epochs", type=int, help="epochs per fit (items 1-2 default 3; --gpu 30; --quick 1)")
+    parser.add_argument(
+        "--repeats", type=int, help="runs per fit figure, median reported (default 3; --gpu, --quick 1)"
+    )
+    parser.add_argument("--lab-repeats", type=int, default=1, help="runs of the lab's way (slow; default 1)")
+    parser.add_argument("--startup-repeats", type=int, help="runs per start-up figure (default 5; --quick: 1)")
+    parser.add_argument(
+        "--pipeline-epochs", type=int, help="epochs per model in the stages (default: params.yaml's; --quick: 1)"
+    )
+    parser.add_argument("--accelerator", help="Lightning accelerator (default: params.yaml's; --gpu: gpu)")
+    parser.add_argument("--threads", type=int, help="torch threads, here and in child processes (default: torch's)")
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    parser.add_argument("--data-root", type=Path, default=Path("data"), help="holds MNIST/raw (and split/ on a CPU)")
+    parser.add_argument("--skip-lab", action="store_true", help="leave out the lab's way (item 1a)")
+    parser.add_argument("--skip-startup", action="store_true", help="leave out item 3")
+    parser.add_argument("--skip-pipeline", action="store_true", help="leave out item 4")
+    parser.add_argument("--skip-profile", action="store_true", help="leave out item 5 (CPU only)")
+    parser.add_argument("--skip-stages", action="store_true", help="--gpu: leave out the stage times")
+    parser.add_argument("--profile-steps", type=int, help="steps per model in item 5 (default 100; --quick: 20)")
+    parser.add_argument("--json", type=Path, help="where the JSON goes (bench/results.json; --gpu: results_gpu.json)")
+    args = parser.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.quick else 30 if args.gpu else 3)
+    args.repeats = args.repeats or (1 if args.quick or args.gpu else 3)
+    args.startup_repeats = args.startup_repeats or (1 if args.quick else 5)
+    args.profile_steps = args.profile_steps or (20 if args.quick else 100)
+    args.json = args.json or Path("bench/results_gpu.json" if args.gpu else "bench/results.json")
+    if args.quick and args.pipeline_epochs is None:
+        args.pipeline_epochs = 1
+    if args.gpu and args.accelerator is None:
+        args.accelerator = "gpu"
+    return args
+
+
+def main(argv: Sequence[str]) -> None:
+    args = parse_args(argv)
+    quiet_lightning()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    raw = read_params()
+    run_seed = seed(raw)
+    trainer = parse_section(TrainerParams, raw, "trainer")
+    if args.accelerator:
+        trainer = dataclasses.replace(trainer, accelerator=args.accelerator)
+    device = resolve_device(trainer.accelerator)
+    params = {
+        name: dataclasses.replace(parse_section(TrainParams, raw, train_section(name)), epochs=args.epochs)
+        for name in args.models
+    }
+    raw_dir = args.data_root / "MNIST" / "raw"
+    if not (raw_dir / "train-images-idx3-ubyte").exists():
+        raise SystemExit(f"bench: no MNIST in {raw_dir}: run the download stage (make repro), or pass --data-root")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        hint = "pass --accelerator cpu for a smoke run on a CPU"
+        raise SystemExit(f"bench: accelerator {trainer.accelerator!r} asks for a GPU, but torch sees none: {hint}")
+    if device.type == "cuda":  # CUDA's start-up belongs to the process, not to a fit
+        torch.zeros(1, device=device)
+        synchronize(device)
+
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    report: dict = {"machine": machine(device), "settings": settings}
+    print("machine: " + ", ".join(f"{key} {value}" for key, value in report["machine"].items()), flush=True)
+    if args.gpu:
+        sections = gpu_report(args, report, params, trainer, run_seed, raw_dir, device)
+    else:
+        sections = cpu_report(args, report, params, trainer, run_seed, raw_dir, device)
+    print("\n" + "\n\n".join([machine_line(report["machine"]), *sections]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {args.json}")
+
+
+def machine_line(figures: dict) -> str:
+    return (
+        f"Machine: {figures['cpu']}, {figures['cpus_usable']} CPUs usable, torch threads {figures['torch_threads']}, "
+        f"GPU {figures['gpu'] or 'none'}, device {figures['device']}, torch {figures['torch']}, "
+        f"Lightning {figures['pytorch_lightning']}"
+    )
+
+
+def gpu_report(args, report: dict, params: dict, trainer: TrainerParams, run_seed: int, raw_dir: Path, device) -> list:
+    """The stages without DVC in a scratch copy (its split feeds the fits), then the fits; the GPU table."""
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="mnistlab-bench-gpu-") as folder:
+        project = stage_times.scratch_project(Path(folder), raw_dir, trainer.accelerator, args.pipeline_epochs)
+        names = (
+            ["download", "split"]
+            if args.skip_stages
+            else list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+        )
+        print("stages, without DVC:", flush=True)
+        stages = stage_times.measure(project, names, args.threads)
+        print("fits:", flush=True)
+        report["gpu"] = gpu.measure(
+            args.models, params, trainer, run_seed, project / "data" / "split", device, args.repeats
+        )
+    sections.append(gpu.render(report["gpu"], report["machine"], args.repeats))
+    if not args.skip_stages:
+        report["stage_times"] = stages
+        sections.append(stage_times.render(stages, "Stage times"))
+    return sections
+
+
+def cpu_report(args, report: dict, params: dict, trainer: TrainerParams, run_seed: int, raw_dir: Path, device) -> list:
+    """Items 1-5."""
+    split_dir = args.data_root / "split"
+    if not (split_dir / "train.pt").exists():
+        raise SystemExit(
+            f"bench: {split_dir / 'train.pt'} not found: run the pipeline's split stage first (make repro)"
+        )
+    env = stage_env(args.threads)
+    print("fits, ours and the plain loop:", flush=True)
+    fits = overhead.measure(args.models, params, trainer, run_seed, split_dir, device, args.repeats)
+    report["fits"] = fits
+    if not args.skip_lab:
+        print("the lab's way:", flush=True)
+        report["lab"] = lab.measure(args.models, args.epochs, args.lab_repeats, args.data_root, args.threads)
+    sections = [lab.render(report.get("lab"), fits, args.repeats), overhead.render(fits, args.repeats)]
+    if not args.skip_startup:
+        report["startup"] = startup.measure(args.startup_repeats, env)
+        sections.append(startup.render(report["startup"]))
+    if not args.skip_pipeline:
+        print("pipeline (one dvc repro -f in a temporary copy):", flush=True)
+        result = pipeline.measure(raw_dir, trainer.accelerator, args.pipeline_epochs, env)
+        if "lab" in report and set(report["lab"]["models"]) == set(MODEL_NAMES):
+            result["lab_s"] = lab.lab_seconds(report["lab"], result["epochs"])
+            result["lab_note"] = f"{args.epochs} epoch(s) measured, extrapolated to {max(result['epochs'].values())}"
+        if set(fits) == set(MODEL_NAMES):  # the floor: both fits' steps, nothing else
+            result["plain_fits_s"] = sum(
+                extrapolate(fits[name]["plain"], result["epochs"][name]) for name in MODEL_NAMES
+            )
+        report["pipeline"] = result
+        sections.append(pipeline.render(result))
+    if not args.skip_profile and device.type == "cpu":
+        report["step_profile"] = {
+            name: step_profile.measure(name, params[name], run_seed, split_dir, args.profile_steps)
+            for name in args.models
+        }
+        sections.append(step_profile.render(report["step_profile"]))
+    return sections
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
