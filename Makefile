@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 BENCH_DEPS := bench/.deps
 
 .DEFAULT_GOAL := help
-.PHONY: help repro test test-fast predict bench bench-gpu lint format clean-venv
+.PHONY: help repro verify test test-fast predict bench bench-gpu lint format clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ help: ## list the targets
 repro: $(STAMP) ## run the whole pipeline (dvc repro); creates .venv first if missing
 	@$(MAKE) --no-print-directory $(VEGA) || echo "warning: no offline copy of vega: dvc plots show's charts stay blank" >&2
 	dvc repro
+
+verify: $(STAMP) ## did I reproduce the committed results? reruns the pipeline in a throwaway copy, compares
+	$(PYTHON) -m mnistlab.verify
 
 test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI runs)
 	$(PYTHON) -m pytest

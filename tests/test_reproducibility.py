@@ -1,0 +1,118 @@
+"""Reproducible results: the same bits at any thread count, MKL's mode pinned in every stage, and
+`make verify`'s verdicts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistlab.data import Split, save_split
+from mnistlab.idx import decode_idx
+from mnistlab.verify import compare, describe
+from tests.conftest import ROOT, venv_env
+
+STAGE_MODULES = ["download", "split", "evaluate", "plot"]  # the training stages: tests/test_pipeline.py
+
+
+@pytest.fixture(scope="module")
+def real_split(mnist_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6,144 real training images (24 steps of 256) and 2,000 for validation."""
+    images = torch.from_numpy(decode_idx((mnist_raw / "train-images-idx3-ubyte").read_bytes(), "images").copy())
+    labels = torch.from_numpy(decode_idx((mnist_raw / "train-labels-idx1-ubyte").read_bytes(), "labels").copy())
+    folder = tmp_path_factory.mktemp("split")
+    for name, part in {"train": slice(0, 6144), "validation": slice(6144, 8144)}.items():
+        indices = torch.arange(60_000)[part]
+        save_split(Split(images[part].clone(), labels[part].long(), indices), folder / f"{name}.pt")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mlp", "mlr"])
+def test_a_fit_gives_the_same_bits_at_1_2_and_4_threads(model: str, real_split: Path, tmp_path: Path) -> None:
+    """Each thread count in a fresh process, as a stage would run on a 1-, 2- or 4-core machine."""
+    results = []
+    for threads in (1, 2, 4):
+        command = [sys.executable, "-m", "tests.thread_probe", str(real_split), str(tmp_path / f"t{threads}")]
+        command += ["--threads", str(threads), "--model", model]
+        out = subprocess.run(command, cwd=ROOT, env=venv_env(), capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert [result["threads"] for result in results] == [1, 2, 4]
+    assert len({(result["weights"], result["history"]) for result in results}) == 1, results
+    if torch.backends.mkl.is_available():
+        assert all(result["mkl"].endswith(",STRICT") for result in results)
+    checkpoints = {(tmp_path / f"t{threads}/model.ckpt").read_bytes() for threads in (1, 2, 4)}
+    assert len(checkpoints) == 1  # the checkpoint files themselves, byte for byte
+
+
+def mkl_mode_in(stage: str, env: dict[str, str]) -> str:
+    code = f"import stages.{stage}, torch; from mnistlab.machine import mkl_mode; print(mkl_mode())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=venv_env() | env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch's BLAS here is not MKL")
+@pytest.mark.parametrize("stage", STAGE_MODULES)
+def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stage: str) -> None:
+    assert mkl_mode_in(stage, {}).endswith(",STRICT")
+    assert mkl_mode_in(stage, {"MKL_CBWR": "AUTO"}) == "AUTO"  # README: how to turn it off
+
+
+# ------------------------------------------------------------------ make verify's verdicts
+
+MACHINE = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "device": "cpu", "torch": "2.14.1", "mkl": "AUTO,STRICT"}
+SPREAD = {
+    "models": {
+        "mlp": {
+            "max_abs_delta": {"test_accuracy": 0.002, "test_loss": 0.01, "valid_accuracy": 0.002, "valid_loss": 0.01}
+        }
+    }
+}
+
+
+def results(accuracy: float, machine: dict, history: str = "epoch,train_loss\n0,1.0\n") -> dict[str, str]:
+    metrics = {"test_accuracy": accuracy, "test_loss": 0.15, "valid_accuracy": 0.97, "valid_loss": 0.12}
+    return {
+        "metrics/mlp.json": json.dumps(metrics),
+        "plots/history/mlp/metrics.csv": history,
+        "plots/predictions/mlp.csv": f"index,predicted\n0,{int(accuracy * 1e4)}\n",
+        "plots/history/mlp/machine.json": json.dumps(machine),
+    }
+
+
+def test_verify_says_identical_when_every_file_is() -> None:
+    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9656, MACHINE), SPREAD)
+    assert ok and line.startswith("mlp: identical to the committed result")
+
+
+def test_verify_names_both_machines_and_the_difference_within_the_spread() -> None:
+    intel = MACHINE | {"cpu": "Intel Xeon", "cpu_capability": "AVX512"}
+    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9650, intel, "other"), SPREAD)
+    assert ok, line
+    assert "another machine: Intel Xeon (AVX512)" in line and "against the committed AMD EPYC (AVX512)" in line
+    assert "within the expected spread" in line and "test_accuracy 0.9656 -> 0.9650 (-0.0006, spread 0.0020)" in line
+
+
+def test_verify_fails_beyond_the_spread_and_on_the_same_machine() -> None:
+    gpu = MACHINE | {"device": "cuda:0", "gpu": "NVIDIA H200"}
+    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9606, gpu, "other"), SPREAD)
+    assert not ok and "NVIDIA H200" in line and "BEYOND the expected spread" in line
+    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9655, MACHINE, "other"), SPREAD)
+    assert not ok and "NOT reproduced on the same machine" in line
+    assert describe({}) == "unknown machine (no machine record committed)"
+
+
+def test_the_committed_spread_was_measured_for_every_model() -> None:
+    spread = json.loads((ROOT / "experiments/spread.json").read_text())
+    assert {run["name"] for run in spread["runs"]} >= {"seed 1", "seed 2"}
+    for model in ("mlp", "mlr"):
+        deltas = [
+            abs(run["metrics"][model]["test_accuracy"] - spread["models"][model]["reference"]["test_accuracy"])
+            for run in spread["runs"]
+        ]
+        assert spread["models"][model]["max_abs_delta"]["test_accuracy"] == pytest.approx(max(deltas), abs=1e-6)
+        assert spread["models"][model]["max_abs_delta"]["test_accuracy"] > 0  # measured, not a zero placeholder
