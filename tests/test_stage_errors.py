@@ -261,8 +261,9 @@ def silent_port() -> Iterator[int]:
 
 
 def offline_env(port: int) -> dict[str, str]:
-    """pip with no configuration of its own: one index, on loopback, and no local wheels."""
+    """pip with no configuration of its own: one index, on loopback, and no local wheels or cached wheel."""
     return {
+        "XDG_CACHE_HOME": os.devnull,  # no verified wheel kept from an earlier run (sources.wheel_cache)
         "PIP_CONFIG_FILE": os.devnull,
         "PIP_INDEX_URL": f"http://127.0.0.1:{port}/simple/",
         "PIP_FIND_LINKS": "",
