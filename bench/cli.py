@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 from bench import gpu, lab, overhead, pipeline, stage_times, startup, step_profile
-from bench.common import extrapolate, machine, quiet_lightning, resolve_device, stage_env, synchronize
+from bench.common import extrapolate, machine, quiet_lightning, resolve_device, stage_commands, stage_env, synchronize
 from mnistlab.params import (
     MODEL_NAMES,
     TrainerParams,
@@ -126,22 +125,25 @@ def machine_line(figures: dict) -> str:
     )
 
 
-def gpu_report(args, report: dict, params: dict, trainer: TrainerParams, run_seed: int, raw_dir: Path, device) -> list:
+def gpu_report(
+    args: argparse.Namespace,
+    report: dict,
+    params: dict[str, TrainParams],
+    trainer: TrainerParams,
+    run_seed: int,
+    raw_dir: Path,
+    device: torch.device,
+) -> list[str]:
     """The stages without DVC in a scratch copy (its split feeds the fits), then the fits; the GPU table."""
     sections = []
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-gpu-") as folder:
         project = stage_times.scratch_project(Path(folder), raw_dir, trainer.accelerator, args.pipeline_epochs)
-        names = (
-            ["download", "split"]
-            if args.skip_stages
-            else list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
-        )
+        names = ["download", "split"] if args.skip_stages else list(stage_commands(project))
         print("stages, without DVC:", flush=True)
         stages = stage_times.measure(project, names, args.threads)
         print("fits:", flush=True)
-        report["gpu"] = gpu.measure(
-            args.models, params, trainer, run_seed, project / "data" / "split", device, args.repeats
-        )
+        split_dir = project / "data" / "split"  # the split stage's output (dvc.yaml)
+        report["gpu"] = gpu.measure(args.models, params, trainer, run_seed, split_dir, device, args.repeats)
     sections.append(gpu.render(report["gpu"], report["machine"], args.repeats))
     if not args.skip_stages:
         report["stage_times"] = stages
@@ -149,7 +151,15 @@ def gpu_report(args, report: dict, params: dict, trainer: TrainerParams, run_see
     return sections
 
 
-def cpu_report(args, report: dict, params: dict, trainer: TrainerParams, run_seed: int, raw_dir: Path, device) -> list:
+def cpu_report(
+    args: argparse.Namespace,
+    report: dict,
+    params: dict[str, TrainParams],
+    trainer: TrainerParams,
+    run_seed: int,
+    raw_dir: Path,
+    device: torch.device,
+) -> list[str]:
     """Items 1-5."""
     split_dir = args.data_root / "split"
     if not (split_dir / "train.pt").exists():
