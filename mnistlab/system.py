@@ -45,8 +45,8 @@ class Classifier(pl.LightningModule):
         self.learning_rate = learning_rate
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[tuple[int, ...], StepGraph] | None = None  # by batch sizes; None: eager
-        # "disable": no NaN check, which would wait for the GPU at every step; a NaN still shows in the history
-        self.train_loss, self.valid_loss = MeanMetric(nan_strategy="disable"), MeanMetric()
+        # not nan_strategy="disable": torchmetrics 1.9 then drops the weights (an unweighted mean of batches)
+        self.train_loss, self.valid_loss = MeanMetric(), MeanMetric()
         self.train_accuracy = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.valid_accuracy = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
         self.automatic_optimization = False  # training_step steps the optimizer once per batch of its chunk

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mnistlab.data import TensorBatches, load_split
 from mnistlab.evaluation import load_model, predict_logits
 from mnistlab.models import build_model, summarize
 from mnistlab.params import TrainerParams, TrainParams
@@ -114,3 +115,18 @@ def test_graphs_are_automatic_on_a_gpu_only(tiny_split_dir) -> None:
     off = TrainParams(epochs=1, learning_rate=0.01, batch_size=8, eval_batch_size=32, cuda_graphs="off")
     _, system = fit("mlr", off, TRAINER, 1, tiny_split_dir, None, cuda_graphs=None)
     assert system.graphs is None
+
+
+def test_train_loss_is_the_mean_over_samples_not_over_batches(tiny_split_dir, tmp_path) -> None:
+    """64 samples in batches of 24: the last batch of 16 counts 16/64, as the lab's per-sample mean does."""
+    params = TrainParams(epochs=1, learning_rate=0.0, batch_size=24, eval_batch_size=32)  # lr 0: weights stay
+    _, system = fit("mlr", params, TRAINER, 3, tiny_split_dir, None)
+    split = load_split(tiny_split_dir / "train.pt")
+    batches = TensorBatches(split.images, split.labels, 24, shuffle=True, seed=3)
+    losses = [(system.loss(system.model(x), y).item(), len(y)) for x, y in batches]
+    assert [n for _, n in losses] == [24, 24, 16]
+    expected = sum(loss * n for loss, n in losses) / 64
+    assert float(system.trainer.callback_metrics["train_loss"]) == pytest.approx(expected, rel=1e-6)
+    assert float(system.trainer.callback_metrics["train_loss"]) != pytest.approx(
+        sum(loss for loss, _ in losses) / 3, rel=1e-6
+    )
