@@ -138,6 +138,9 @@ class Classifier(pl.LightningModule):
             metrics |= {"valid_loss": self.valid_loss, "valid_accuracy": self.valid_accuracy}
         values = {name: metric.compute() for name, metric in metrics.items()}
         self.log_dict(values, logger=False, sync_dist=True)
+        if self.trainer.is_global_zero:  # shown by the stage where no progress bar is (mnistlab.training)
+            numbers = "  ".join(f"{name} {float(value):.4f}" for name, value in values.items())
+            log.info("epoch %d/%d: %s", self.current_epoch + 1, self.trainer.max_epochs, numbers)
         if self.logger:  # written here so that the row's step counts optimizer steps, not chunks
             self.logger.log_metrics(values | {"epoch": self.current_epoch}, step=self.global_step - 1)
         for metric in metrics.values():

@@ -51,11 +51,10 @@ def skip_nvml_probe_without_driver() -> None:
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
-class EpochReport(pl.Callback):
-    """One line per epoch (where no progress bar is shown) and the fit's time spent in epochs."""
+class EpochClock(pl.Callback):
+    """The seconds each training epoch took (validation included): the fit's time in epochs."""
 
-    def __init__(self, print_lines: bool) -> None:
-        self.print_lines = print_lines
+    def __init__(self) -> None:
         self.epoch_seconds: list[float] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, system: pl.LightningModule) -> None:
@@ -63,9 +62,16 @@ class EpochReport(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, system: pl.LightningModule) -> None:
         self.epoch_seconds.append(time.perf_counter() - self.started)
-        if self.print_lines and trainer.is_global_zero:
-            values = "  ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items()))
-            print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {values}", flush=True)
+
+
+def show_epoch_lines() -> None:
+    """Where no progress bar is shown (CI, a pipe, DVC's log), the system's line per epoch on stdout."""
+    logger = logging.getLogger("mnistlab.system")
+    if not show_progress() and not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def strategy(trainer: TrainerParams) -> str | DDPStrategy:
@@ -92,7 +98,7 @@ def build_trainer(params: TrainParams, trainer: TrainerParams, history_dir: Path
         enable_model_summary=False,  # the stage prints torchinfo's summary instead
         enable_progress_bar=show_progress(),
         num_sanity_val_steps=0,
-        callbacks=[EpochReport(print_lines=not show_progress())],
+        callbacks=[EpochClock()],
     )
     return pl.Trainer(**(options | overrides))
 
@@ -146,6 +152,7 @@ def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
 def stage_main(model_name: str, argv: Sequence[str]) -> None:
     """What ``stages/train_<model>.py`` does: fit, then checkpoint, history, summary and machine record."""
     quiet_lightning()
+    show_epoch_lines()
     parser = argparse.ArgumentParser(description=f"Stage train_{model_name}: fit the lab's {model_name.upper()}.")
     parser.add_argument("split_dir", type=Path, help="the split stage's output")
     parser.add_argument(
@@ -166,5 +173,5 @@ def stage_main(model_name: str, argv: Sequence[str]) -> None:
         record = machine_record(str(system.device)) | {"world_size": trainer.world_size}
         print(f"machine: {record}")
         write_json(args.out_dir / MACHINE, record)
-        epochs = next(c for c in trainer.callbacks if isinstance(c, EpochReport)).epoch_seconds
+        epochs = next(c for c in trainer.callbacks if isinstance(c, EpochClock)).epoch_seconds
         print(f"fit: {sum(epochs):.2f} s in epochs, {time.perf_counter() - started:.2f} s in all")
