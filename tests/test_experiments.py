@@ -189,8 +189,7 @@ def test_branches_compare_and_remotes_round_trip(make_project, tmp_path: Path, s
     assert "up to date" in dvc(clone, "status").stdout
     assert ran(dvc(clone, "repro").stdout) == []
 
-    # Not checked: another machine restoring train_* from the pushed run-cache. DVC 3.67 does not push
-    # the `cache: false` outputs a run-cache entry refers to, so there those stages run again.
+    # A result restored from the run-cache alone, on a machine that has no commit of it: test_scale_out.py.
 
     # The same round trip through an S3 API (moto on loopback): push there, pull into another clone.
     s3 = ["s3", "s3://mnistlab/dvcstore"]
