@@ -35,9 +35,9 @@ test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI 
 test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)
 	$(PYTHON) -m pytest -m "not slow"
 
-predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png folder/" [MODEL=mlr] [JSON=1]
-	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="digit.png my_digits/" [MODEL=mlr] [JSON=1]' >&2; exit 2; }
-	$(PYTHON) -m mnistlab.predict --model $(MODEL) $(if $(JSON),--json) $(IMAGES)
+predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png folder/" [MODEL=mlr] [JSON=1] [SHOW=DIR]
+	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="digit.png my_digits/" [MODEL=mlr] [JSON=1] [SHOW=DIR]' >&2; exit 2; }
+	$(PYTHON) -m mnistlab.predict --model $(MODEL) $(if $(JSON),--json) $(if $(SHOW),--show $(SHOW)) $(IMAGES)
 
 bench: $(STAMP) $(BENCH_DEPS)/.installed ## CPU benchmark vs the lab's code (real ISLP): tables, bench/results.json
 	$(PYTHON) -m bench $(BENCH_ARGS)
