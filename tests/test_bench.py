@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from bench.common import (
@@ -157,6 +158,16 @@ def test_quick_bench_times_every_stage_and_profiles_the_step(tmp_path: Path, mni
     assert profile["mlp"]["parts_ms"]["dropout masks"] > 0
     assert profile["mlr"]["parts_ms"]["dropout masks"] == 0
     assert "5. What bounds a CPU step" in result.stdout
+    # Item 6: each setting really ran in MKL's mode it names (fresh processes), and was timed.
+    strict = report["strict_mode"]["models"]
+    for name in ("mlp", "mlr"):
+        assert (
+            strict[name]["strict (default)"]["s_per_epoch"] > 0 and strict[name]["off (MKL_CBWR=)"]["s_per_epoch"] > 0
+        )
+        if torch.backends.mkl.is_available():
+            assert all(mode.endswith(",STRICT") for mode in strict[name]["strict (default)"]["mkl"])
+            assert strict[name]["off (MKL_CBWR=)"]["mkl"] == ["OFF"]
+    assert "6. MKL's strict mode" in result.stdout
 
 
 @pytest.mark.slow
