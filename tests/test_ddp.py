@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,14 @@ from mnistlab.system import Classifier
 from tests.conftest import ROOT, run, venv_env
 
 TINY = TrainParams(epochs=1, learning_rate=0.01, batch_size=8, eval_batch_size=4)
-DDP_CPU = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_nodes": 1, "precision": "32-true"}
+DDP_CPU = {
+    "accelerator": "cpu",
+    "devices": 2,
+    "strategy": "ddp",
+    "num_nodes": 1,
+    "precision": "32-true",
+    "join_timeout_s": 300,
+}
 
 
 def trainer_section(**changes) -> TrainerParams:
@@ -30,10 +38,18 @@ def test_trainer_params_reach_lightning_unchanged(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(training.pl, "Trainer", lambda **options: received.update(options))
     section = yaml.safe_load("""
         trainer: {accelerator: gpu, devices: [0, 3], strategy: ddp_find_unused_parameters_true,
-                  num_nodes: 4, precision: bf16-mixed}
+                  num_nodes: 4, precision: bf16-mixed, join_timeout_s: 60}
     """)
     training.build_trainer(TINY, parse_section(TrainerParams, section, "trainer"), None)
-    assert {key: received[key] for key in section["trainer"]} == section["trainer"]
+    passed = {key: value for key, value in section["trainer"].items() if key != "join_timeout_s"}  # not Trainer's
+    assert {key: received[key] for key in passed} == passed and "join_timeout_s" not in received
+
+
+def test_join_timeout_becomes_ddp_s_timeout() -> None:
+    """strategy ddp: DDPStrategy(timeout=join_timeout_s), so a node that never joins ends the wait."""
+    strategy = training.strategy(trainer_section(join_timeout_s=42))
+    assert isinstance(strategy, DDPStrategy) and strategy._timeout == timedelta(seconds=42)
+    assert training.strategy(trainer_section(strategy="auto")) == "auto"
 
 
 def test_ddp_params_build_a_ddp_trainer() -> None:
