@@ -55,6 +55,9 @@ class Repro:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            # As from a terminal: SIGINT handled even when this test runs as a background job, whose
+            # children a non-interactive shell starts with SIGINT ignored (POSIX), so Ctrl-C could not reach them
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         STARTED.append(self.process)
         self.lines: list[str] = []
@@ -130,7 +133,7 @@ def test_killed_training_reruns_to_a_complete_result(make_project) -> None:
     interrupted = Repro(project)  # Ctrl-C: the stage and DVC both get SIGINT
     training_started(interrupted, "train_mlp")
     interrupted.signal(signal.SIGINT)
-    assert interrupted.finish() != 0
+    assert interrupted.finish() != 0, interrupted.output
     assert "Detected KeyboardInterrupt" in interrupted.output  # Lightning was inside fit
     assert "failed to reproduce 'train_mlp'" in interrupted.output
     assert not checkpoint.exists()

@@ -217,7 +217,7 @@ BAD_PARAMS = [
         "train_mlr",
         {"trainer": {"accelerator": "gpus", "device": 1}},
         [
-            "trainer.device is not a known key (allowed: accelerator, devices, strategy, num_nodes, precision)",
+            "trainer.device is not a known key (allowed: accelerator, devices, strategy, num_nodes, precision, join_timeout_s)",
             "trainer.accelerator = 'gpus' is not allowed: expected one of auto, cpu, gpu, cuda, mps, tpu",
         ],
         id="train_mlr-trainer-typo-and-bad-value",
