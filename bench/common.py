@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from mnistlab.params import TrainerParams, TrainParams
+from mnistlab.params import MODEL_NAMES, TrainerParams, TrainParams, train_section
 from mnistlab.training import fit
 from mnistlab.workspace import ROOT, venv_env
 
@@ -246,3 +246,17 @@ def ratio(value: float | None) -> str:
 
 def divide(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
+
+
+def use_local_mnist(project: Path, raw_dir: Path, accelerator: str, epochs: int | None) -> dict:
+    """Point ``project``'s params.yaml at ``raw_dir`` (a `dir:` source), ``accelerator`` and, if given, ``epochs``;
+    the params it wrote."""
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["download"]["sources"] = [f"dir:{raw_dir.resolve()}"]
+    params["trainer"]["accelerator"] = accelerator
+    for name in MODEL_NAMES:
+        if epochs is not None:
+            params[train_section(name)]["epochs"] = epochs
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params

@@ -13,9 +13,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from bench.common import fit_epoch_seconds, ratio, seconds, stage_names, stage_rows, stage_summary, table
+from bench.common import (
+    fit_epoch_seconds,
+    ratio,
+    seconds,
+    stage_names,
+    stage_rows,
+    stage_summary,
+    table,
+    use_local_mnist,
+)
 from mnistlab.params import MODEL_NAMES, train_section
 from mnistlab.workspace import copy_project
 
@@ -39,14 +46,7 @@ def measure(raw_dir: Path, accelerator: str, epochs: int | None, env: dict[str, 
     """One `dvc repro -f` of a fresh copy; the data comes from a `dir:` source, so no stage times the network."""
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as folder:
         project = copy_project(Path(folder))
-        params_file = project / "params.yaml"
-        params = yaml.safe_load(params_file.read_text())
-        params["download"]["sources"] = [f"dir:{raw_dir.resolve()}"]
-        params["trainer"]["accelerator"] = accelerator
-        for name in MODEL_NAMES:
-            if epochs is not None:
-                params[train_section(name)]["epochs"] = epochs
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        params = use_local_mnist(project, raw_dir, accelerator, epochs)
         subprocess.run(["git", "add", "-A"], cwd=project, check=True)
         subprocess.run(["git", "commit", "-qm", "bench"], cwd=project, capture_output=True, check=True)
         command = [sys.executable, "-m", "dvc", "repro", "-f"]

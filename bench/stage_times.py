@@ -22,6 +22,7 @@ from bench.common import (
     stage_rows,
     stage_summary,
     table,
+    use_local_mnist,
     wall_seconds,
 )
 from mnistlab.params import MODEL_NAMES, train_section
@@ -37,14 +38,7 @@ def scratch_project(destination: Path, raw_dir: Path, accelerator: str, epochs: 
         shutil.copytree(ROOT / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in FILES:
         shutil.copy2(ROOT / name, destination / name)
-    params_file = destination / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["download"]["sources"] = [f"dir:{raw_dir.resolve()}"]
-    params["trainer"]["accelerator"] = accelerator
-    for name in MODEL_NAMES:
-        if epochs is not None:
-            params[train_section(name)]["epochs"] = epochs
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    use_local_mnist(destination, raw_dir, accelerator, epochs)
     return destination
 
 
