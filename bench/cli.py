@@ -21,7 +21,6 @@ Usage (from the project root):
 """
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -90,10 +89,10 @@ def main(argv: Sequence[str]) -> None:
     run_seed = seed(raw)
     trainer = parse_section(TrainerParams, raw, "trainer")
     if args.accelerator:
-        trainer = dataclasses.replace(trainer, accelerator=args.accelerator)
+        trainer = trainer.model_copy(update={"accelerator": args.accelerator})
     device = resolve_device(trainer.accelerator)
     params = {
-        name: dataclasses.replace(parse_section(TrainParams, raw, train_section(name)), epochs=args.epochs)
+        name: parse_section(TrainParams, raw, train_section(name)).model_copy(update={"epochs": args.epochs})
         for name in args.models
     }
     raw_dir = args.data_root / "MNIST" / "raw"

@@ -17,15 +17,13 @@ SETTINGS = {"strict (default)": {}, "off (MKL_CBWR=)": {"MKL_CBWR": ""}}
 
 def worker(model_name: str, epochs: int, split_dir: Path) -> None:
     """In a fresh process: one fit; prints MKL's mode and the seconds of each epoch as JSON."""
-    import dataclasses
-
     from mnistlab.machine import mkl_mode
     from mnistlab.params import TrainerParams, TrainParams, parse_section, read_params, train_section
     from mnistlab.training import EpochClock, fit
 
     raw = read_params()
-    params = dataclasses.replace(parse_section(TrainParams, raw, train_section(model_name)), epochs=epochs)
-    trainer_params = dataclasses.replace(parse_section(TrainerParams, raw, "trainer"), accelerator="cpu")
+    params = parse_section(TrainParams, raw, train_section(model_name)).model_copy(update={"epochs": epochs})
+    trainer_params = parse_section(TrainerParams, raw, "trainer").model_copy(update={"accelerator": "cpu"})
     trainer, _ = fit(model_name, params, trainer_params, 0, split_dir, None)
     clock = next(callback for callback in trainer.callbacks if isinstance(callback, EpochClock))
     print(json.dumps({"mkl": mkl_mode(), "epoch_s": clock.epoch_seconds}))

@@ -1,4 +1,4 @@
-"""params.yaml, the only configuration: each section becomes a frozen dataclass, checked on load.
+"""params.yaml, the only configuration: each section is a frozen pydantic model, checked on load.
 
 Every stage loads only the sections it reads (the same keys ``dvc.yaml`` lists for it), so a
 mistake is reported by the first stage that needs the value, naming the key, the bad value and
@@ -7,12 +7,12 @@ what is allowed. Unknown keys inside a section are errors too: a typo must not b
 
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from mnistlab.errors import ParamsError
 
@@ -21,122 +21,92 @@ MODEL_NAMES = ("mlp", "mlr")
 SOURCE_KINDS = ("torchvision", "pypi")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "32", "16", "bf16")
-
-T = TypeVar("T")
-Check = Callable[[str, Any], Any]  # (key, raw value) -> validated value, or raise ParamsError
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# '1e-3' is a number too: YAML 1.1 reads an exponent without a dot as a string
+_YAML_FLOAT = BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v.strip()) else v)
+_LIST = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)  # YAML's lists, and only those
 
 
-def _fail(key: str, value: Any, allowed: str) -> ParamsError:
-    return ParamsError(f"{key} = {value!r} is not allowed: expected {allowed}")
+class Allowed(str):
+    """What a key accepts, as the error message says it (kept in the field's metadata)."""
 
 
-def integer(minimum: int) -> Check:
-    def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _fail(key, value, f"an integer >= {minimum}")
-        return value
-
-    return check
+def integer(minimum: int) -> Any:
+    return Annotated[int, Field(ge=minimum), Allowed(f"an integer >= {minimum}")]
 
 
-def real(low: float, high: float = math.inf, *, open_low: bool = True, open_high: bool = True) -> Check:
-    """A float in an interval. '1e-3' is accepted too: YAML 1.1 reads it as a string."""
-    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-
-    def check(key: str, value: Any) -> float:
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _fail(key, value, f"a number in {interval}")
-        inside_low = value > low if open_low else value >= low
-        inside_high = value < high if open_high else value <= high
-        if not (inside_low and inside_high):
-            raise _fail(key, value, f"a number in {interval}")
-        return float(value)
-
-    return check
+def real(low: float, high: float = math.inf, *, high_included: bool = False) -> Any:
+    """A finite number above ``low`` and below ``high`` (or up to it)."""
+    bound = {} if high == math.inf else {"le" if high_included else "lt": high}
+    allowed = Allowed(f"a number in ({low}, {high}{']' if high_included else ')'}")
+    return Annotated[float, _YAML_FLOAT, Field(gt=low, allow_inf_nan=False, **bound), allowed]
 
 
-def choice(options: tuple[str, ...]) -> Check:
-    def check(key: str, value: Any) -> str:
-        if str(value) not in options or isinstance(value, bool):
-            raise _fail(key, value, f"one of {', '.join(options)}")
-        return str(value)
-
-    return check
+def choice(*options: str) -> Any:
+    """One of ``options``; ``precision: 32`` too, which YAML reads as a number."""
+    digits = BeforeValidator(lambda v: str(v) if type(v) is int and str(v) in options else v)
+    return Annotated[Literal[options], digits, Allowed(f"one of {', '.join(options)}")]
 
 
-def text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(key, value, "a non-empty string")
-    return value
+Text = Annotated[str, Field(pattern=r"\S"), Allowed("a non-empty string")]
+Sources = Annotated[
+    tuple[Literal[SOURCE_KINDS] | Annotated[str, Field(pattern=r"^dir:.")], ...],
+    _LIST,
+    Field(min_length=1),
+    Allowed(f"a non-empty list of {', '.join(SOURCE_KINDS)} or dir:PATH"),
+]
+Devices = Annotated[
+    Literal["auto"]
+    | Annotated[int, Field(ge=1)]
+    | Annotated[int, Field(ge=-1, le=-1)]
+    | Annotated[tuple[Annotated[int, Field(ge=0)], ...], _LIST, Field(min_length=1)],
+    Allowed("'auto', a device count >= 1 (or -1 for all), or a list of device indices"),
+]
 
 
-def sources(key: str, value: Any) -> tuple[str, ...]:
-    allowed = f"a non-empty list of {', '.join(SOURCE_KINDS)} or dir:PATH"
-    if not isinstance(value, list) or not value:
-        raise _fail(key, value, allowed)
-    for item in value:
-        is_dir = isinstance(item, str) and item.startswith("dir:") and len(item) > len("dir:")
-        if not (item in SOURCE_KINDS or is_dir):
-            raise _fail(f"{key}[{value.index(item)}]", item, allowed)
-    return tuple(value)
+class Section(BaseModel):
+    """A params.yaml section: every key typed and bounded, and all of them set in the file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)  # strict: true is not 1, nor '5' 5
 
 
-def devices(key: str, value: Any) -> int | str | tuple[int, ...]:
-    """Lightning's ``devices``: 'auto', a count (-1 = all), or a list of device indices."""
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)):
-        return value
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
-    ):
-        return tuple(value)
-    raise _fail(key, value, "'auto', a device count >= 1 (or -1 for all), or a list of device indices")
+class Seed(Section):
+    seed: integer(0) = Field(description="the one seed: split, weight initialisation, dropout and batch order")
 
 
-def _param(check: Check, **default: Any) -> Any:
-    """A params.yaml key; ``default=`` only for code that builds the dataclass itself (params.yaml must set it)."""
-    return field(metadata={"check": check}, **default)
+class DownloadParams(Section):
+    sources: Sources = Field(description="tried in order until one delivers")
+    timeout_s: real(0.0, 600.0, high_included=True) = Field(description="per network request")
 
 
-@dataclass(frozen=True)
-class DownloadParams:
-    sources: tuple[str, ...] = _param(sources)  # tried in order until one delivers
-    timeout_s: float = _param(real(0.0, 600.0, open_high=False))  # per network request
+class SplitParams(Section):
+    validation_fraction: real(0.0, 1.0) = Field(description="of the 60,000 training images")
 
 
-@dataclass(frozen=True)
-class SplitParams:
-    validation_fraction: float = _param(real(0.0, 1.0))  # of the 60,000 training images
+class TrainerParams(Section):
+    """Passed unchanged to Lightning's ``Trainer`` (but ``join_timeout_s``)."""
+
+    accelerator: choice(*ACCELERATORS) = Field(description="Lightning's accelerator")
+    devices: Devices = Field(description="'auto', a count (-1 = all), or a list of device indices")
+    strategy: Text = Field(description="Lightning's strategy: auto, ddp, ...")
+    num_nodes: integer(1) = Field(description="machines taking part")
+    precision: choice(*PRECISIONS) = Field(description="Lightning's precision")
+    join_timeout_s: real(0.0) = Field(300.0, description="DDP: how long a process waits for the others to join")
 
 
-@dataclass(frozen=True)
-class TrainerParams:
-    """Passed unchanged to Lightning's ``Trainer``."""
-
-    accelerator: str = _param(choice(ACCELERATORS))
-    devices: int | str | tuple[int, ...] = _param(devices)
-    strategy: str = _param(text)
-    num_nodes: int = _param(integer(1))
-    precision: str = _param(choice(PRECISIONS))
-    join_timeout_s: float = _param(real(0.0), default=300.0)  # DDP: how long a process waits for the others to join
+class TrainParams(Section):
+    epochs: integer(1) = Field(description="passes over the training images")
+    learning_rate: real(0.0) = Field(description="RMSprop's step size")
+    batch_size: integer(1) = Field(description="training images per step")
+    eval_batch_size: integer(1) = Field(description="validation runs in batches this large")
+    cuda_graphs: choice("auto", "off") = Field("auto", description="auto: record the steps as CUDA graphs on a GPU")
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    epochs: int = _param(integer(1))
-    learning_rate: float = _param(real(0.0))  # RMSprop
-    batch_size: int = _param(integer(1))
-    eval_batch_size: int = _param(integer(1))  # validation runs in batches this large
-    cuda_graphs: str = _param(choice(("auto", "off")), default="auto")  # auto: record the steps as CUDA graphs on a GPU
+class EvaluateParams(Section):
+    batch_size: integer(1) = Field(description="test images per forward pass")
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    batch_size: int = _param(integer(1))
+S = TypeVar("S", bound=Section)
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -152,38 +122,43 @@ def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     return raw
 
 
-def parse_section(cls: type[T], raw: Mapping[str, Any], name: str) -> T:
+def _validated(cls: type[S], section: dict[str, Any], prefix: str) -> S:
+    """``cls`` from ``section``, or one ParamsError with every problem: unknown keys first, then the keys in order."""
+    keys = list(cls.model_fields)
+    problems = {(key,): f"{prefix}{key} is missing" for key in keys if key not in section}  # defaults: for code
+    try:
+        params = cls.model_validate(section)
+    except ValidationError as error:
+        for problem in error.errors():
+            loc = problem["loc"]
+            path = loc[:2] if len(loc) > 1 and isinstance(loc[1], int) else loc[:1]  # a list's item, or the key
+            where = f"{prefix}{path[0]}" + "".join(f"[{index}]" for index in path[1:])
+            if problem["type"] == "extra_forbidden":
+                problems[path] = f"{where} is not a known key (allowed: {', '.join(keys)})"
+            elif problem["type"] != "missing":
+                value = section[path[0]] if len(path) == 1 else section[path[0]][path[1]]
+                allowed = next(item for item in cls.model_fields[path[0]].metadata if isinstance(item, Allowed))
+                problems[path] = f"{where} = {value!r} is not allowed: expected {allowed}"
+    if problems:
+        order = sorted(problems, key=lambda path: keys.index(path[0]) if path[0] in keys else -1)
+        raise ParamsError("params.yaml: " + "; ".join(problems[path] for path in order))
+    return params
+
+
+def parse_section(cls: type[S], raw: Mapping[str, Any], name: str) -> S:
     """Build ``cls`` from ``raw[name]``; every problem in the section is reported in one message."""
     if name not in raw:
         raise ParamsError(f"params.yaml has no '{name}' section")
-    section = raw[name]
-    if not isinstance(section, dict):
-        raise ParamsError(f"params.yaml: {_fail(name, section, 'a mapping of keys')}")
-    known = [f.name for f in fields(cls)]
-    problems = [f"{name}.{key} is not a known key (allowed: {', '.join(known)})" for key in section if key not in known]
-    values = {}
-    for f in fields(cls):
-        key = f"{name}.{f.name}"
-        if f.name not in section:
-            problems.append(f"{key} is missing")
-            continue
-        try:
-            values[f.name] = f.metadata["check"](key, section[f.name])
-        except ParamsError as error:
-            problems.append(str(error))
-    if problems:
-        raise ParamsError("params.yaml: " + "; ".join(problems))
-    return cls(**values)
+    if not isinstance(raw[name], dict):
+        raise ParamsError(f"params.yaml: {name} = {raw[name]!r} is not allowed: expected a mapping of keys")
+    return _validated(cls, raw[name], f"{name}.")
 
 
 def seed(raw: Mapping[str, Any]) -> int:
     """The one seed: split, weight initialisation, dropout and batch order."""
     if "seed" not in raw:
         raise ParamsError("params.yaml has no 'seed'")
-    try:
-        return integer(0)("seed", raw["seed"])
-    except ParamsError as error:
-        raise ParamsError(f"params.yaml: {error}") from None
+    return _validated(Seed, {"seed": raw["seed"]}, "").seed
 
 
 def train_section(model_name: str) -> str:

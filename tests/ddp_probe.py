@@ -57,7 +57,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-batch-size", type=int, default=4)
     args = parser.parse_args()
-    params = TrainParams(args.epochs, 0.01, args.batch_size, args.eval_batch_size)
+    params = TrainParams(
+        epochs=args.epochs, learning_rate=0.01, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size
+    )
     pl.seed_everything(0, workers=True, verbose=False)  # as training.fit does
     probe = Probe(params.learning_rate)
     data = InMemoryMNIST(args.split_dir, params.batch_size, params.eval_batch_size, seed=0)

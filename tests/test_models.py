@@ -119,7 +119,8 @@ def test_graphs_are_automatic_on_a_gpu_only(tiny_split_dir) -> None:
 
 def test_train_loss_is_the_mean_over_samples_not_over_batches(tiny_split_dir, tmp_path) -> None:
     """64 samples in batches of 24: the last batch of 16 counts 16/64, as the lab's per-sample mean does."""
-    params = TrainParams(epochs=1, learning_rate=0.0, batch_size=24, eval_batch_size=32)  # lr 0: weights stay
+    # lr 0: the weights stay (model_construct: params.yaml's check would refuse it, rightly)
+    params = TrainParams.model_construct(epochs=1, learning_rate=0.0, batch_size=24, eval_batch_size=32)
     _, system = fit("mlr", params, TRAINER, 3, tiny_split_dir, None)
     split = load_split(tiny_split_dir / "train.pt")
     batches = TensorBatches(split.images, split.labels, 24, shuffle=True, seed=3)
