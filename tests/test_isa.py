@@ -1,4 +1,4 @@
-"""bench/isa.py: its letters and parsing, and that what --quick reports as identical really is."""
+"""bench/isa.py (and its isa_*.py): its letters and parsing, and that what --quick reports as identical really is."""
 
 import json
 import subprocess
@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.isa import SETTINGS, compare_reports, digest, digest_table, letters, run_worker, verbose_libraries
+from bench.isa import run_worker
+from bench.isa_ops import digest
+from bench.isa_report import compare_reports, digest_table, letters, verbose_libraries
+from bench.isa_settings import SETTINGS
 from mnistlab.data import Split, save_split
 from mnistlab.workspace import ROOT, venv_env
 
