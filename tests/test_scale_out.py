@@ -1,7 +1,7 @@
 """Several machines, simulated by clones of one bare git repo that share one DVC folder remote.
 
 The run-cache restores a training run pushed by another machine; two "nodes" train one model
-together under DDP (gloo on 127.0.0.1) as the README's recipe says; a sweep split over two
+together under DDP (gloo on 127.0.0.1) as docs/scaling.md's recipe says; a sweep split over two
 machines comes together in a third through `dvc exp push` / `dvc exp pull`.
 """
 
@@ -78,7 +78,7 @@ def free_port() -> int:
 
 
 def node_env(port: int, node_rank: int) -> dict[str, str]:
-    """The README's rendezvous variables for one node, node 0 on this machine."""
+    """The rendezvous variables of docs/scaling.md for one node, node 0 on this machine."""
     return venv_env() | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node_rank)}
 
 
@@ -119,7 +119,7 @@ def run_nodes(nodes: list[tuple[Path, list[str], int]], port: int, logs: Path, t
 
 @pytest.mark.slow
 def test_two_nodes_train_as_one_process_and_only_node_0_records(make_project, tmp_path: Path) -> None:
-    """The README's multi-node recipe, two nodes on one machine: node 0 `dvc repro`, node 1 the stage command."""
+    """docs/scaling.md's multi-node recipe, two nodes on one machine: node 0 `dvc repro`, node 1 the stage command."""
     single = {
         "trainer": {"accelerator": "cpu", "devices": 1, "strategy": "auto"},
         "train_mlr": {"epochs": 1, "batch_size": 256},
@@ -134,9 +134,9 @@ def test_two_nodes_train_as_one_process_and_only_node_0_records(make_project, tm
     origin = share(project, tmp_path)  # the two-node params, and dvc.lock with the data
     dvc(project, "push")
 
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs/scaling.md").read_text()  # where the recipe is written
     recipe = ["dvc pull split --with-deps", "dvc pull data/split", "NODE_RANK=0 dvc repro train_mlr"]
-    assert all(line in readme for line in [*recipe, f"NODE_RANK=1 {stage_command}"])  # what runs here
+    assert all(line in page for line in [*recipe, f"NODE_RANK=1 {stage_command}"])  # what runs here
     node0, node1 = clone(origin, tmp_path / "node0"), clone(origin, tmp_path / "node1")
     dvc(node0, "pull", "split", "--with-deps")  # the recipe's commands, as checked above
     dvc(node1, "pull", "data/split")
