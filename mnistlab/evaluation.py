@@ -68,6 +68,24 @@ def per_class_accuracy(logits: Tensor, labels: Tensor) -> list[float]:
     return (correct.double() / torch.bincount(labels, minlength=NUM_CLASSES).double()).tolist()
 
 
+def compared_metrics(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The DVC metrics file: test accuracy and loss, each with one key per model.
+
+    Grouped by metric, not by model, so that ``dvc exp show`` names its columns ``acc.mlp``,
+    ``acc.mlr``, ``loss.mlp``, ``loss.mlr`` (short, unique, the accuracies first: in a narrow terminal
+    DVC folds columns from the right) and ``dvc metrics show`` prints one row without gaps.
+    """
+    return {
+        "acc": {model: values["test_accuracy"] for model, values in scores.items()},
+        "loss": {model: values["test_loss"] for model, values in scores.items()},
+    }
+
+
+def model_metrics(metrics: dict, model: str) -> dict[str, float]:
+    """One model's test accuracy and loss from the metrics file's content."""
+    return {"test_accuracy": metrics["acc"][model], "test_loss": metrics["loss"][model]}
+
+
 def last_epoch(history_csv: Path) -> dict[str, float]:
     """The final epoch's train/valid loss and accuracy from the CSV history."""
     history = pd.read_csv(history_csv)

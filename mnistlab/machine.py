@@ -1,4 +1,4 @@
-"""Thread-invariant CPU arithmetic, and the record of the machine a result was computed on.
+"""Thread- and CPU-generation-invariant CPU arithmetic, and the record of the machine a result was computed on.
 
 Intel MKL, torch's BLAS on x86-64, splits a matrix product into blocks by thread count, so 1, 2
 and 4 threads round differently. Its strict conditional-numerical-reproducibility mode
@@ -6,6 +6,12 @@ and 4 threads round differently. Its strict conditional-numerical-reproducibilit
 when it first runs, so ``mnistlab/__init__.py`` sets it before anything computes; a value already in
 the environment wins (``MKL_CBWR=AUTO`` turns the strict mode off). Nothing here imports torch at
 module level.
+
+ATen (torch's own CPU kernels) picks AVX-512 or AVX2 code by what the CPU has; its softmax and
+cross-entropy kernels round differently in the two, so an AVX-512 server and an AVX2 laptop of the
+same vendor trained different MLPs. ``ATEN_CPU_CAPABILITY=avx2`` makes both run the AVX2 kernels:
+set on x86-64 where the CPU has AVX2 (ATen does not check, and AVX2 code on a CPU without it would
+crash), never elsewhere, and a value already in the environment wins.
 """
 
 import ctypes
@@ -15,6 +21,9 @@ from pathlib import Path
 
 MKL_CBWR = "MKL_CBWR"
 STRICT_CBWR = "AVX2,STRICT"  # AVX2: the branch both x86 vendors run; MKL on AMD maps it to AUTO
+ATEN_CPU_CAPABILITY = "ATEN_CPU_CAPABILITY"
+ATEN_KERNELS = "avx2"  # what every x86-64 CPU of the last decade runs: AVX-512 machines give the same bits
+X86 = ("x86_64", "amd64", "x64")
 
 # mkl_cbwr_get's answer: a branch number, plus 0x10000 for the strict mode (mkl_service.h)
 _BRANCHES = {
@@ -35,8 +44,28 @@ _STRICT = 0x10000
 
 
 def pin_cpu_arithmetic() -> None:
-    """Ask MKL for its strict mode unless the user chose another (read when MKL first runs)."""
+    """MKL's strict mode and, on x86-64 with AVX2, ATen's AVX2 kernels, unless the user chose others."""
     os.environ.setdefault(MKL_CBWR, STRICT_CBWR)
+    if has_avx2():
+        os.environ.setdefault(ATEN_CPU_CAPABILITY, ATEN_KERNELS)
+
+
+def has_avx2() -> bool:
+    """Whether this is an x86-64 CPU with AVX2 (Linux: /proc/cpuinfo, macOS: sysctl); False elsewhere."""
+    if platform.machine().lower() not in X86:
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import subprocess
+
+        try:
+            flags = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.leaf7_features"], capture_output=True, text=True, timeout=5
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return "avx2" in flags.lower().split()
 
 
 def mkl_mode() -> str:
@@ -71,6 +100,17 @@ def cpu_model() -> dict[str, str]:
         "cpu_vendor": fields.get("vendor_id") or platform.machine(),
         "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
     }
+
+
+# What decides the bits of a CPU result besides its inputs; the CPU's model and family do not (issue 17:
+# Zen 3 and Zen 4 give the same bits), so the committed record leaves them out and a clone on another
+# generation of the same vendor keeps a clean `git status`.
+ARITHMETIC = ("cpu_vendor", "cpu_capability", "device", "gpu", "cuda", "torch", "lightning", "mkl", "threads")
+
+
+def arithmetic_record(record: dict) -> dict:
+    """The part of a machine record that decides the bits (what `evaluate` commits)."""
+    return {key: value for key, value in record.items() if key in ARITHMETIC or key == "world_size"}
 
 
 def machine_record(device: str) -> dict:

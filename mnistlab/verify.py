@@ -7,12 +7,14 @@ the measured spread, or beyond it (exit status 1).
 
 The spread is measured, not guessed (``experiments/spread.json``): the same pipeline inputs trained
 with other training seeds and with settings that make this CPU take another CPU's arithmetic
-(ATen's AVX2 kernels instead of AVX-512, MKL's COMPATIBLE branch). A result from another machine
+(ATen's AVX-512 or generic kernels instead of the AVX2 default, MKL's COMPATIBLE branch: the branch
+MKL takes on the other vendor's CPUs is not available here). A result from another machine
 is within the spread when each test and last-epoch metric is no further from the committed value
 than the furthest of those runs.
 """
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -24,16 +26,20 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mnistlab.evaluation import last_epoch, model_metrics
 from mnistlab.params import MODEL_NAMES
 from mnistlab.workspace import ROOT, copy_project, venv_env
 
 SPREAD_FILE = Path("experiments/spread.json")
-COMPARED = ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss")  # of metrics/<model>.json
+METRICS_FILE = "metrics/test.json"
+VENDORS = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}  # /proc/cpuinfo's vendor_id
+COMPARED = ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss")  # test: metrics file; valid: history
 # (name, seed, environment): each run emulates what another machine or seed changes
 SPREAD_RUNS = (
     ("seed 1", 1, {}),
     ("seed 2", 2, {}),
-    ("ATen AVX2 kernels", 0, {"ATEN_CPU_CAPABILITY": "avx2"}),
+    # the default before issue 17, and what an AVX-512 CPU runs with ATEN_CPU_CAPABILITY=avx512 (skipped without it)
+    ("ATen AVX-512 kernels", 0, {"ATEN_CPU_CAPABILITY": "avx512"}),
     ("ATen default kernels", 0, {"ATEN_CPU_CAPABILITY": "default"}),
     ("MKL COMPATIBLE branch", 0, {"MKL_CBWR": "COMPATIBLE,STRICT"}),
 )
@@ -46,23 +52,26 @@ def committed(path: str, root: Path = ROOT) -> str | None:
 
 
 def result_files(model: str) -> list[str]:
-    """What the pipeline commits for one model: its metrics, history, machine record and predictions."""
-    return [
-        f"metrics/{model}.json",
-        f"plots/history/{model}/metrics.csv",
-        f"plots/predictions/{model}.csv",
-    ]
+    """What the pipeline commits for one model besides the shared metrics file: history and predictions."""
+    return [f"plots/history/{model}/metrics.csv", f"plots/predictions/{model}.csv"]
+
+
+def scores(files: dict[str, str | None], model: str) -> dict[str, float]:
+    """One model's compared numbers: test metrics from the metrics file, the last epoch's from its history."""
+    history = last_epoch(io.StringIO(files[f"plots/history/{model}/metrics.csv"]))
+    return model_metrics(json.loads(files[METRICS_FILE]), model) | {key: history[key] for key in COMPARED[2:]}
 
 
 def compare(model: str, reference: dict[str, str | None], rerun: dict[str, str], spread: dict) -> tuple[bool, str]:
     """Whether ``rerun`` reproduces ``reference`` for ``model`` (or is within the spread), and why, in words."""
     machine_file = f"plots/history/{model}/machine.json"
     files = result_files(model)
-    if reference[files[0]] is None:
-        return False, f"{model}: nothing committed to compare with ({files[0]} is not in git)"
-    if all(reference[name] == rerun[name] for name in files):
-        return True, f"{model}: identical to the committed result ({', '.join(files)})"
-    then, now = json.loads(reference[files[0]]), json.loads(rerun[files[0]])
+    missing = [name for name in [METRICS_FILE, *files] if reference.get(name) is None]
+    if missing:
+        return False, f"{model}: nothing committed to compare with ({', '.join(missing)} not in git)"
+    then, now = scores(reference, model), scores(rerun, model)
+    if then == now and all(reference[name] == rerun[name] for name in files):
+        return True, f"{model}: identical to the committed result ({METRICS_FILE}, {', '.join(files)})"
     deltas = {key: now[key] - then[key] for key in COMPARED}
     limits = spread["models"][model]["max_abs_delta"]
     numbers = ", ".join(
@@ -87,7 +96,8 @@ def describe(machine: dict) -> str:
     """One line for a machine record."""
     if not machine:
         return "unknown machine (no machine record committed)"
-    device = machine.get("gpu") or f"{machine.get('cpu')} ({machine.get('cpu_capability')})"
+    vendor = VENDORS.get(machine.get("cpu_vendor"), machine.get("cpu_vendor") or machine.get("cpu"))
+    device = machine.get("gpu") or f"{vendor} CPU ({machine.get('cpu_capability')} kernels)"
     changed = ("device", "torch", "mkl")
     return f"{device}, " + ", ".join(f"{key} {machine.get(key)}" for key in changed)
 
@@ -106,7 +116,7 @@ def rerun_in_copy(workdir: Path) -> Path:
 
 
 def read_results(root: Path) -> dict[str, str]:
-    names = [name for model in MODEL_NAMES for name in result_files(model)]
+    names = [METRICS_FILE, *(name for model in MODEL_NAMES for name in result_files(model))]
     names += [f"plots/history/{model}/machine.json" for model in MODEL_NAMES]
     return {name: (root / name).read_text() for name in names}
 
@@ -136,16 +146,25 @@ def spread_run(name: str, run_seed: int, env: dict[str, str], workdir: Path) -> 
         command = [sys.executable, "-m", f"stages.train_{model}", str(ROOT / "data/split"), f"models/{model}"]
         subprocess.run(command, cwd=folder, env=environment, check=True, capture_output=True)
     command = [sys.executable, "-m", "stages.evaluate", str(ROOT / "data/split/test.pt"), "models"]
-    command += ["metrics", "history", "predictions", "per_class.csv"]
+    command += [METRICS_FILE, "metrics", "plots/history", "predictions", "per_class.csv"]
     subprocess.run(command, cwd=folder, env=environment, check=True, capture_output=True)
-    return {model: json.loads((folder / f"metrics/{model}.json").read_text()) for model in MODEL_NAMES}
+    files = {METRICS_FILE: (folder / METRICS_FILE).read_text()}
+    files |= {
+        f"plots/history/{model}/metrics.csv": (folder / f"plots/history/{model}/metrics.csv").read_text()
+        for model in MODEL_NAMES
+    }
+    return {model: scores(files, model) for model in MODEL_NAMES}
 
 
 def measure_spread(workdir: Path) -> dict:
     """Every run of SPREAD_RUNS against the committed metrics, and the largest deviation per metric."""
-    reference = {model: json.loads(committed(f"metrics/{model}.json")) for model in MODEL_NAMES}
+    files = {name: committed(name) for name in [METRICS_FILE, *(f"plots/history/{m}/metrics.csv" for m in MODEL_NAMES)]}
+    reference = {model: scores(files, model) for model in MODEL_NAMES}
     runs = []
     for name, run_seed, env in SPREAD_RUNS:
+        if env.get("ATEN_CPU_CAPABILITY") == "avx512" and "avx512f" not in Path("/proc/cpuinfo").read_text():
+            print(f"spread: {name} skipped: this CPU has no AVX-512", flush=True)
+            continue
         print(f"spread: {name} ({env or 'params.yaml as committed'}, seed {run_seed})", flush=True)
         runs.append({"name": name, "seed": run_seed, "env": env, "metrics": spread_run(name, run_seed, env, workdir)})
     models = {}

@@ -1,14 +1,23 @@
-"""Stage evaluate: both models on the test set, metrics and per-image predictions, and the small
-committed copies of what training wrote (history, summary, machine record) (params: evaluate)."""
+"""Stage evaluate: both models on the test set, the metrics people compare runs by, per-image
+predictions, and the small committed copies of what training wrote (params: evaluate)."""
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from mnistlab.data import load_split
-from mnistlab.evaluation import last_epoch, load_model, per_class_accuracy, predict_logits, predictions_table, score
+from mnistlab.evaluation import (
+    compared_metrics,
+    load_model,
+    per_class_accuracy,
+    predict_logits,
+    predictions_table,
+    score,
+)
+from mnistlab.machine import arithmetic_record
 from mnistlab.params import MODEL_NAMES, EvaluateParams, parse_section, read_params
 from mnistlab.stage import CHECKPOINT, HISTORY, MACHINE, SUMMARY, copy_file, run_stage, write_json
 
@@ -17,7 +26,8 @@ def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("test_split", type=Path, help="the split stage's test.pt")
     parser.add_argument("models_dir", type=Path, help="holds <model>/: the training stages' outputs")
-    parser.add_argument("metrics_dir", type=Path, help="output: <model>.json and <model>_summary.txt")
+    parser.add_argument("metrics", type=Path, help="output: the DVC metrics file, test acc and loss per model")
+    parser.add_argument("summaries_dir", type=Path, help="output: <model>_summary.txt")
     parser.add_argument("history_dir", type=Path, help="output: <model>/metrics.csv and <model>/machine.json")
     parser.add_argument("predictions_dir", type=Path, help="output: <model>.csv, one row per test image")
     parser.add_argument("per_class", type=Path, help="output: test accuracy per digit and model (CSV)")
@@ -27,20 +37,21 @@ def main(argv: Sequence[str]) -> None:
     test = load_split(args.test_split)
     per_class = pd.DataFrame({"digit": range(10)})
     args.predictions_dir.mkdir(parents=True, exist_ok=True)
+    scores = {}
     for name in MODEL_NAMES:
         trained = args.models_dir / name
-        for source, copy in {
-            HISTORY: args.history_dir / name / HISTORY,
-            MACHINE: args.history_dir / name / MACHINE,
-            SUMMARY: args.metrics_dir / f"{name}_summary.txt",
-        }.items():
-            copy_file(trained / source, copy)
+        copy_file(trained / HISTORY, args.history_dir / name / HISTORY)
+        copy_file(trained / SUMMARY, args.summaries_dir / f"{name}_summary.txt")
+        # the committed record keeps what decides the bits, not the CPU's model (docs/reproducibility.md)
+        copy_file(trained / MACHINE, args.history_dir / name / MACHINE)
+        record = json.loads((args.history_dir / name / MACHINE).read_text())
+        write_json(args.history_dir / name / MACHINE, arithmetic_record(record))
         logits = predict_logits(load_model(trained / CHECKPOINT), test.images, params.batch_size)
-        metrics = score(logits, test.labels) | last_epoch(trained / HISTORY)
-        write_json(args.metrics_dir / f"{name}.json", metrics)
+        scores[name] = score(logits, test.labels)
         predictions_table(logits, test).to_csv(args.predictions_dir / f"{name}.csv", index=False)
         per_class[name] = [round(value, 6) for value in per_class_accuracy(logits, test.labels)]
-        print(f"{name}: test_accuracy {metrics['test_accuracy']:.4f}, test_loss {metrics['test_loss']:.4f}")
+        print(f"{name}: test accuracy {scores[name]['test_accuracy']:.4f}, test loss {scores[name]['test_loss']:.4f}")
+    write_json(args.metrics, compared_metrics(scores))
     per_class.to_csv(args.per_class, index=False)
 
 

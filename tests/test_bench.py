@@ -69,7 +69,7 @@ def test_running_stage_matches_dvcs_log_line() -> None:
 def test_one_repro_splits_into_stages_at_the_running_stage_lines() -> None:
     lines = [
         (1.0, "Running stage 'split':\n"),
-        (1.5, "> python -m stages.split data data/split metrics/data.json\n"),
+        (1.5, "> python -m stages.split data data/split data/description.json\n"),
         (2.5, "Running stage 'train_mlp':\n"),
         (9.0, "epoch 1/1: train_loss 0.5\n"),
         (9.5, "fit: 6.25 s in epochs, 7.00 s in all\n"),

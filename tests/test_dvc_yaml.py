@@ -58,5 +58,14 @@ def test_results_are_git_outputs_and_data_stays_in_the_cache() -> None:
     for stage in STAGES.values():
         for entry in stage.get("outs", []) + stage.get("metrics", []):
             path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
-            committed = path.startswith(("metrics/", "plots/"))
+            committed = path.startswith(("metrics/", "plots/")) or path == "data/description.json"
             assert options.get("cache", True) is (not committed), path
+
+
+def test_the_dataset_description_is_versioned_but_not_a_metric() -> None:
+    """`dvc metrics show` lists what runs are compared by; class counts are a committed output instead."""
+    metrics = [next(iter(m)) if isinstance(m, dict) else m for s in STAGES.values() for m in s.get("metrics", [])]
+    assert metrics == ["metrics/test.json"]
+    split_outs = [next(iter(o)) if isinstance(o, dict) else o for o in STAGES["split"]["outs"]]
+    assert "data/description.json" in split_outs
+    assert (ROOT / "data/description.json").is_file()

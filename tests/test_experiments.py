@@ -44,6 +44,11 @@ def experiments(project: Path) -> dict[str, dict]:
     return found
 
 
+def accuracy(experiment: dict, model: str) -> float:
+    """A model's test accuracy in one experiment of ``experiments()``."""
+    return experiment["metrics"]["metrics/test.json"]["acc"][model]
+
+
 def wait_for_queue(project: Path, timeout_s: float = 900) -> str:
     """Poll `dvc queue status` until nothing is queued or running; its last output."""
     deadline = time.monotonic() + timeout_s
@@ -107,23 +112,23 @@ def test_experiments_run_show_queue_apply_branch(make_project) -> None:
     assert {"mlr-lr001", "mlr-lr002", "mlr-lr003"} <= set(shown), shown.keys()
     for name, rate in [("main", 0.01), ("mlr-lr001", 0.001), ("mlr-lr002", 0.002), ("mlr-lr003", 0.003)]:
         assert shown[name]["params"]["train_mlr"]["learning_rate"] == rate
-        assert 0 < shown[name]["metrics"]["metrics/mlr.json"]["test_accuracy"] <= 1
-    mlp_accuracies = {shown[name]["metrics"]["metrics/mlp.json"]["test_accuracy"] for name in shown}
+        assert 0 < accuracy(shown[name], "mlr") <= 1
+    mlp_accuracies = {accuracy(shown[name], "mlp") for name in shown}
     assert len(mlp_accuracies) == 1  # the MLP's params never changed: its result is reused, not retrained
-    mlr_accuracies = [shown[name]["metrics"]["metrics/mlr.json"]["test_accuracy"] for name in shown]
+    mlr_accuracies = [accuracy(shown[name], "mlr") for name in shown]
     assert len(set(mlr_accuracies)) == len(mlr_accuracies)  # each learning rate gives its own result
 
     dvc(project, "exp", "apply", "mlr-lr002")
     assert yaml.safe_load((project / "params.yaml").read_text())["train_mlr"]["learning_rate"] == 0.002
-    applied = json.loads((project / "metrics/mlr.json").read_text())
-    assert applied == shown["mlr-lr002"]["metrics"]["metrics/mlr.json"]
+    applied = json.loads((project / "metrics/test.json").read_text())
+    assert applied == shown["mlr-lr002"]["metrics"]["metrics/test.json"]
     assert ran(dvc(project, "repro").stdout) == []  # the workspace now is that experiment, outputs included
 
     dvc(project, "exp", "branch", "mlr-lr003", "lr003")
     branch_params = yaml.safe_load(git(project, "show", "lr003:params.yaml"))
     assert branch_params["train_mlr"]["learning_rate"] == 0.003
-    branch_metrics = json.loads(git(project, "show", "lr003:metrics/mlr.json"))
-    assert branch_metrics == shown["mlr-lr003"]["metrics"]["metrics/mlr.json"]
+    branch_metrics = json.loads(git(project, "show", "lr003:metrics/test.json"))
+    assert branch_metrics == shown["mlr-lr003"]["metrics"]["metrics/test.json"]
 
 
 @pytest.fixture
@@ -172,8 +177,8 @@ def test_branches_compare_and_remotes_round_trip(make_project, tmp_path: Path, s
     clone = clone_and_check_out(project, tmp_path / "clone", "lower-lr")
     assert not (clone / ".dvc/cache").exists()
     metrics = json.loads(dvc(clone, "metrics", "diff", "main", "--json").stdout)
-    assert metrics["metrics/mlr.json"]["test_accuracy"]["diff"] != 0
-    assert "metrics/mlp.json" not in metrics
+    assert metrics["metrics/test.json"]["acc.mlr"]["diff"] != 0
+    assert "acc.mlp" not in metrics["metrics/test.json"]  # the MLP was not retrained
     params = json.loads(dvc(clone, "params", "diff", "main", "--json").stdout)
     changed = params["params.yaml"]
     assert list(changed) == ["train_mlr.learning_rate"]

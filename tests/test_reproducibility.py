@@ -83,7 +83,13 @@ def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stag
 
 # ------------------------------------------------------------------ make verify's verdicts
 
-MACHINE = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "device": "cpu", "torch": "2.14.1", "mkl": "AUTO,STRICT"}
+MACHINE = {
+    "cpu_vendor": "AuthenticAMD",
+    "cpu_capability": "AVX2",
+    "device": "cpu",
+    "torch": "2.14.1",
+    "mkl": "AUTO,STRICT",
+}
 SPREAD = {
     "models": {
         "mlp": {
@@ -93,10 +99,11 @@ SPREAD = {
 }
 
 
-def results(accuracy: float, machine: dict, history: str = "epoch,train_loss\n0,1.0\n") -> dict[str, str]:
-    metrics = {"test_accuracy": accuracy, "test_loss": 0.15, "valid_accuracy": 0.97, "valid_loss": 0.12}
+def results(accuracy: float, machine: dict, train_loss: float = 1.0) -> dict[str, str]:
+    metrics = {"acc": {"mlp": accuracy, "mlr": 0.92}, "loss": {"mlp": 0.15, "mlr": 0.3}}
+    history = f"epoch,train_loss,valid_accuracy,valid_loss\n0,{train_loss},0.97,0.12\n"
     return {
-        "metrics/mlp.json": json.dumps(metrics),
+        "metrics/test.json": json.dumps(metrics),
         "plots/history/mlp/metrics.csv": history,
         "plots/predictions/mlp.csv": f"index,predicted\n0,{int(accuracy * 1e4)}\n",
         "plots/history/mlp/machine.json": json.dumps(machine),
@@ -109,18 +116,20 @@ def test_verify_says_identical_when_every_file_is() -> None:
 
 
 def test_verify_names_both_machines_and_the_difference_within_the_spread() -> None:
-    intel = MACHINE | {"cpu": "Intel Xeon", "cpu_capability": "AVX512"}
-    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9650, intel, "other"), SPREAD)
+    intel = MACHINE | {"cpu_vendor": "GenuineIntel"}
+    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9650, intel, 0.9), SPREAD)
     assert ok, line
-    assert "another machine: Intel Xeon (AVX512)" in line and "against the committed AMD EPYC (AVX512)" in line
+    assert (
+        "another machine: Intel CPU (AVX2 kernels)" in line and "against the committed AMD CPU (AVX2 kernels)" in line
+    )
     assert "within the expected spread" in line and "test_accuracy 0.9656 -> 0.9650 (-0.0006, spread 0.0020)" in line
 
 
 def test_verify_fails_beyond_the_spread_and_on_the_same_machine() -> None:
     gpu = MACHINE | {"device": "cuda:0", "gpu": "NVIDIA H200"}
-    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9606, gpu, "other"), SPREAD)
+    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9606, gpu, 0.9), SPREAD)
     assert not ok and "NVIDIA H200" in line and "BEYOND the expected spread" in line
-    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9655, MACHINE, "other"), SPREAD)
+    ok, line = compare("mlp", results(0.9656, MACHINE), results(0.9655, MACHINE, 0.9), SPREAD)
     assert not ok and "NOT reproduced on the same machine" in line
     assert describe({}) == "unknown machine (no machine record committed)"
 

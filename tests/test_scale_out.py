@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from tests.conftest import ROOT, dvc, git, run, update_params, venv_env
-from tests.test_experiments import experiments, ran, wait_for_queue
+from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
 
 TRAINING = ["train_mlp", "train_mlr"]
 
@@ -199,10 +199,10 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(make_project,
     assert set(swept) <= set(shown), shown.keys()
     for experiment, rate in swept.items():
         assert shown[experiment]["params"]["train_mlr"]["learning_rate"] == rate
-        assert 0 < shown[experiment]["metrics"]["metrics/mlr.json"]["test_accuracy"] <= 1
-    accuracies = [shown[experiment]["metrics"]["metrics/mlr.json"]["test_accuracy"] for experiment in swept]
+        assert 0 < accuracy(shown[experiment], "mlr") <= 1
+    accuracies = [accuracy(shown[experiment], "mlr") for experiment in swept]
     assert len(set(accuracies)) == len(accuracies)  # each learning rate its own result
-    assert len({shown[name]["metrics"]["metrics/mlp.json"]["test_accuracy"] for name in [*swept, "main"]}) == 1
+    assert len({accuracy(shown[name], "mlp") for name in [*swept, "main"]}) == 1
 
     dvc(third, "exp", "apply", "lr0003")  # another machine's experiment, outputs included
     assert (third / "models/mlr/model.ckpt").is_file()

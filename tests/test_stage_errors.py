@@ -164,10 +164,18 @@ def test_a_failed_download_keeps_the_previous_files(tmp_path, mnist_raw) -> None
 OUT = "out"  # every output path below is inside it: it must not be created
 STAGE_ARGS = {
     "download": [f"{OUT}/raw"],
-    "split": ["data", f"{OUT}/split", f"{OUT}/data.json"],
+    "split": ["data", f"{OUT}/split", f"{OUT}/description.json"],
     "train_mlp": ["data/split", f"{OUT}/mlp"],
     "train_mlr": ["data/split", f"{OUT}/mlr"],
-    "evaluate": ["data/split/test.pt", "models", OUT, f"{OUT}/history", f"{OUT}/predictions", f"{OUT}/pc.csv"],
+    "evaluate": [
+        "data/split/test.pt",
+        "models",
+        f"{OUT}/test.json",
+        OUT,
+        f"{OUT}/history",
+        f"{OUT}/predictions",
+        f"{OUT}/pc.csv",
+    ],
 }
 torch_stage = pytest.mark.slow  # these import torch and Lightning: seconds each
 BAD_PARAMS = [
@@ -217,7 +225,8 @@ BAD_PARAMS = [
         "train_mlr",
         {"trainer": {"accelerator": "gpus", "device": 1}},
         [
-            "trainer.device is not a known key (allowed: accelerator, devices, strategy, num_nodes, precision, join_timeout_s)",
+            "trainer.device is not a known key"
+            " (allowed: accelerator, devices, strategy, num_nodes, precision, join_timeout_s)",
             "trainer.accelerator = 'gpus' is not allowed: expected one of auto, cpu, gpu, cuda, mps, tpu",
         ],
         id="train_mlr-trainer-typo-and-bad-value",
