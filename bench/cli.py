@@ -8,6 +8,7 @@ CPU (`make bench`, ``python -m bench``):
    the lab's two fits + tests (extrapolated to the pipeline's epochs) over it (bench/pipeline.py).
 5. What bounds a CPU step, under torch.profiler (bench/step_profile.py).
 6. What MKL's strict mode (thread-invariant bits) costs: our fit with it and without (bench/strict_mode.py).
+7. What ATen's AVX2 kernels (one result on AVX2 and AVX-512 CPUs) cost on AVX-512 (bench/kernels.py).
 
 GPU (`make bench-gpu`, ``python3 -m bench --gpu``): our fits, the plain loop, the graph path (eager vs
 CUDA graphs) and each stage as ``python -m stages.<name>`` without DVC (bench/gpu.py,
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bench import gpu, lab, overhead, pipeline, stage_times, startup, step_profile, strict_mode
+from bench import gpu, kernels, lab, overhead, pipeline, stage_times, startup, step_profile, strict_mode
 from bench.common import extrapolate, machine, quiet_lightning, resolve_device, stage_commands, stage_env, synchronize
 from mnistlab.params import (
     MODEL_NAMES,
@@ -64,6 +65,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-pipeline", action="store_true", help="leave out item 4")
     parser.add_argument("--skip-profile", action="store_true", help="leave out item 5 (CPU only)")
     parser.add_argument("--skip-strict", action="store_true", help="leave out item 6 (CPU only)")
+    parser.add_argument("--skip-kernels", action="store_true", help="leave out item 7 (CPU only)")
     parser.add_argument("--skip-stages", action="store_true", help="--gpu: leave out the stage times")
     parser.add_argument("--profile-steps", type=int, help="steps per model in item 5 (default 100; --quick: 20)")
     parser.add_argument("--json", type=Path, help="where the JSON goes (bench/results.json; --gpu: results_gpu.json)")
@@ -200,6 +202,10 @@ def cpu_report(
         print("MKL's strict mode, on and off:", flush=True)
         report["strict_mode"] = strict_mode.measure(args.models, args.epochs, args.repeats, split_dir, args.threads)
         sections.append(strict_mode.render(report["strict_mode"]))
+    if not args.skip_kernels and device.type == "cpu":
+        print("ATen's AVX2 and AVX-512 kernels:", flush=True)
+        report["kernels"] = kernels.measure(args.models, args.epochs, args.repeats, split_dir, args.threads)
+        sections.append(kernels.render(report["kernels"]))
     return sections
 
 

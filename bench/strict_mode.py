@@ -17,6 +17,8 @@ SETTINGS = {"strict (default)": {}, "off (MKL_CBWR=)": {"MKL_CBWR": ""}}
 
 def worker(model_name: str, epochs: int, split_dir: Path) -> None:
     """In a fresh process: one fit; prints MKL's mode and the seconds of each epoch as JSON."""
+    import torch
+
     from mnistlab.machine import mkl_mode
     from mnistlab.params import TrainerParams, TrainParams, parse_section, read_params, train_section
     from mnistlab.training import EpochClock, fit
@@ -26,22 +28,30 @@ def worker(model_name: str, epochs: int, split_dir: Path) -> None:
     trainer_params = parse_section(TrainerParams, raw, "trainer").model_copy(update={"accelerator": "cpu"})
     trainer, _ = fit(model_name, params, trainer_params, 0, split_dir, None)
     clock = next(callback for callback in trainer.callbacks if isinstance(callback, EpochClock))
-    print(json.dumps({"mkl": mkl_mode(), "epoch_s": clock.epoch_seconds}))
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(json.dumps({"mkl": mkl_mode(), "kernels": capability, "epoch_s": clock.epoch_seconds}))
 
 
-def measure(models: list[str], epochs: int, repeats: int, split_dir: Path, threads: int | None) -> dict:
+def measure(
+    models: list[str], epochs: int, repeats: int, split_dir: Path, threads: int | None, settings: dict = SETTINGS
+) -> dict:
     """Median seconds per epoch of each model under each setting, ``repeats`` fresh processes each."""
     results: dict = {}
     for name in models:
-        for label, env in SETTINGS.items():
-            per_epoch, modes = [], set()
+        for label, env in settings.items():
+            per_epoch, modes, kernels = [], set(), set()
             for _ in range(repeats):
                 command = [sys.executable, "-m", "bench.strict_mode", name, str(epochs), str(split_dir)]
                 out = subprocess.run(command, env=stage_env(threads) | env, capture_output=True, text=True, check=True)
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 per_epoch.append(statistics.median(run["epoch_s"]))
                 modes.add(run["mkl"])
-            results.setdefault(name, {})[label] = {"s_per_epoch": median(per_epoch), "mkl": sorted(modes)}
+                kernels.add(run["kernels"])
+            results.setdefault(name, {})[label] = {
+                "s_per_epoch": median(per_epoch),
+                "mkl": sorted(modes),
+                "kernels": sorted(kernels),
+            }
     return {"epochs": epochs, "repeats": repeats, "models": results}
 
 

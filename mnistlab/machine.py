@@ -50,21 +50,21 @@ def pin_cpu_arithmetic() -> None:
         os.environ.setdefault(ATEN_CPU_CAPABILITY, ATEN_KERNELS)
 
 
-def has_avx2() -> bool:
-    """Whether this is an x86-64 CPU with AVX2 (Linux: /proc/cpuinfo, macOS: sysctl); False elsewhere."""
-    if platform.machine().lower() not in X86:
+def has_avx2(machine: str | None = None, flags: str | None = None) -> bool:
+    """Whether this is an x86-64 CPU with AVX2 (flags: Linux's /proc/cpuinfo, macOS's sysctl); False elsewhere."""
+    if (machine or platform.machine()).lower() not in X86:
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import subprocess
-
+    if flags is None:
         try:
-            flags = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.leaf7_features"], capture_output=True, text=True, timeout=5
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return False
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            import subprocess
+
+            try:
+                command = ["sysctl", "-n", "machdep.cpu.leaf7_features"]
+                flags = subprocess.run(command, capture_output=True, text=True, timeout=5).stdout
+            except (OSError, subprocess.SubprocessError):
+                return False
     return "avx2" in flags.lower().split()
 
 

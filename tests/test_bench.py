@@ -168,6 +168,15 @@ def test_quick_bench_times_every_stage_and_profiles_the_step(tmp_path: Path, mni
             assert all(mode.endswith(",STRICT") for mode in strict[name]["strict (default)"]["mkl"])
             assert strict[name]["off (MKL_CBWR=)"]["mkl"] == ["OFF"]
     assert "6. MKL's strict mode" in result.stdout
+    # Item 7: on an AVX-512 CPU, each setting dispatched the kernels it names; elsewhere it says why not.
+    kernels = report["kernels"]
+    if "skipped" in kernels:
+        assert "no AVX-512" in kernels["skipped"] and "AVX-512" not in torch.backends.cpu.get_cpu_capability()
+    else:
+        for name in ("mlp", "mlr"):
+            assert kernels["models"][name]["AVX2 (default)"]["kernels"] == ["AVX2"]
+            assert kernels["models"][name]["AVX-512 (ATEN_CPU_CAPABILITY=avx512)"]["kernels"] == ["AVX512"]
+    assert "7. ATen's kernels" in result.stdout
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import torch
 
 from mnistlab.data import Split, save_split
 from mnistlab.idx import decode_idx
+from mnistlab.machine import has_avx2
 from mnistlab.verify import compare, describe
 from tests.conftest import ROOT, venv_env
 
@@ -78,7 +79,55 @@ def mkl_mode_in(stage: str, env: dict[str, str]) -> str:
 @pytest.mark.parametrize("stage", STAGE_MODULES)
 def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stage: str) -> None:
     assert mkl_mode_in(stage, {}).endswith(",STRICT")
-    assert mkl_mode_in(stage, {"MKL_CBWR": ""}) == "OFF"  # README: how to turn it off
+    assert mkl_mode_in(stage, {"MKL_CBWR": ""}) == "OFF"  # docs/reproducibility.md: how to turn it off
+
+
+# ------------------------------------------------------------------ ATen's AVX2 kernels by default (issue 17)
+
+CPU_FLAGS = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+X86_AVX2 = has_avx2()
+
+
+def dispatched(entry: str, env: dict[str, str]) -> tuple[str | None, str]:
+    """In a fresh process after importing ``entry``: ATEN_CPU_CAPABILITY and the kernels ATen dispatches to."""
+    code = f"import {entry}, os, torch; print(os.environ.get('ATEN_CPU_CAPABILITY'), "
+    code += "torch.backends.cpu.get_cpu_capability())"
+    environment = {key: value for key, value in venv_env().items() if key != "ATEN_CPU_CAPABILITY"} | env
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    variable, capability = out.stdout.split()
+    return (None if variable == "None" else variable), capability
+
+
+ENTRY_POINTS = [*(f"stages.{name}" for name in [*STAGE_MODULES, "train_mlp"]), "mnistlab.predict", "mnistlab.verify"]
+ENTRY_POINTS += ["mnistlab.report", "bench.cli", "tests.conftest"]
+
+
+@pytest.mark.skipif(not X86_AVX2, reason="not an x86-64 CPU with AVX2: nothing is set, see the test below")
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_entry_point_runs_atens_avx2_kernels_on_x86(entry: str) -> None:
+    assert dispatched(entry, {}) == ("avx2", "AVX2")
+
+
+@pytest.mark.skipif("avx512f" not in CPU_FLAGS, reason="this CPU has no AVX-512: it runs AVX2 kernels anyway")
+def test_on_an_avx512_cpu_the_default_is_what_changes_the_kernels() -> None:
+    """The contrast: without the default ATen picks AVX-512 here; a value the user sets wins."""
+    assert dispatched("mnistlab", {"ATEN_CPU_CAPABILITY": "avx512"}) == ("avx512", "AVX512")
+    assert dispatched("torch", {})[1] == "AVX512"
+
+
+@pytest.mark.skipif(not X86_AVX2 or "avx512f" in CPU_FLAGS, reason="needs an AVX2-only x86-64 CPU (a laptop)")
+def test_on_an_avx2_only_cpu_the_same_kernels_run() -> None:
+    assert dispatched("mnistlab", {}) == ("avx2", "AVX2") == ("avx2", dispatched("torch", {})[1])
+
+
+def test_avx2_is_asked_for_only_where_the_cpu_runs_it() -> None:
+    """ATen does not check the variable against the CPU: an AVX2 request elsewhere would crash."""
+    assert has_avx2("x86_64", "flags : fpu sse2 avx avx2 fma")
+    assert has_avx2("AMD64", "AVX1.0 AVX2 BMI1")  # macOS sysctl's spelling, Windows' machine name
+    assert not has_avx2("x86_64", "flags : fpu sse2 avx")  # an old x86 CPU: ATen's own choice
+    assert not has_avx2("arm64", "avx2")  # Apple silicon, aarch64 servers: never
+    assert not has_avx2("aarch64", "")
 
 
 # ------------------------------------------------------------------ make verify's verdicts

@@ -1,0 +1,299 @@
+"""`make report`: one offline page comparing every experiment of this commit (reports/experiments.html).
+
+Built from what DVC and git already hold, nothing kept on the side: ``dvc exp show --json`` gives the
+experiments, their params and metrics; each experiment's committed history and predictions are read
+from its git commit (``git show <rev>:plots/...``). The page inlines vega, vega-lite and vega-embed
+from html/vendor/ (installed by `make`), so it opens without a network.
+
+    python -m mnistlab.report reports/experiments.html [--sort-by acc.mlr]
+"""
+
+import argparse
+import base64
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+
+from mnistlab.errors import DataError, PipelineError
+from mnistlab.params import MODEL_NAMES
+
+METRICS_FILE = "metrics/test.json"
+VENDOR = Path("html/vendor")  # relative: run from the project root, as the stages are
+VEGA_SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
+MAX_DIGITS = 24  # per side of the best-vs-baseline comparison
+
+
+@dataclass
+class Run:
+    """One row of the experiment table: the baseline commit or an experiment derived from it."""
+
+    name: str
+    rev: str
+    params: dict
+    metrics: dict[str, float]  # acc.mlp, loss.mlp, acc.mlr, loss.mlr
+    baseline: bool = False
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _run(entry: dict, name: str, baseline: bool = False) -> Run | None:
+    data = entry.get("data") or {}
+    metrics = ((data.get("metrics") or {}).get(METRICS_FILE) or {}).get("data")
+    if not metrics or entry.get("error"):
+        return None  # a failed or queued experiment has no results to compare
+    params = flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data") or {})
+    return Run(name, entry["rev"], params, flatten(metrics), baseline)
+
+
+def collect_runs(exp_show: list[dict]) -> list[Run]:
+    """The baseline commit and its experiments, from ``dvc exp show --json`` (the workspace row left out)."""
+    runs = []
+    for commit in exp_show:
+        if commit["rev"] == "workspace":
+            continue
+        if base := _run(commit, commit.get("name") or commit["rev"][:7], baseline=True):
+            runs.append(base)
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment.get("revs") or []:
+                if run := _run(revision, experiment.get("name") or revision["rev"][:7]):
+                    runs.append(run)
+    if not any(run.baseline for run in runs):
+        raise DataError(f"no committed {METRICS_FILE}: run `make repro` and commit before `make report`")
+    return runs
+
+
+def experiment_table(runs: list[Run], sort_by: str) -> pd.DataFrame:
+    """Params that differ from the baseline, each model's test metrics, best first, the best per model marked."""
+    base = next(run for run in runs if run.baseline)
+    changed = sorted({key for run in runs for key, value in run.params.items() if base.params.get(key) != value})
+    rows = []
+    for run in runs:
+        row = {"experiment": run.name + (" (baseline)" if run.baseline else "")}
+        row |= {key: run.params.get(key) for key in changed} | run.metrics
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if sort_by not in table:
+        raise PipelineError(f"--sort-by {sort_by}: not a metric or param here (have: {', '.join(table.columns[1:])})")
+    table = table.sort_values(sort_by, ascending=sort_by.startswith("loss."), kind="stable")
+    for model in MODEL_NAMES:
+        best = runs.index(best_run(runs, model))
+        table.loc[best, "experiment"] += f" ★ best {model}"
+    return table.reset_index(drop=True)
+
+
+def best_run(runs: list[Run], model: str) -> Run:
+    """The most accurate run for ``model``; the baseline where nothing beats it."""
+    return max(runs, key=lambda run: (run.metrics[f"acc.{model}"], run.baseline))
+
+
+def read_committed(rev: str, path: str) -> pd.DataFrame:
+    """A committed CSV as it is in ``rev`` (an experiment's commit or the baseline's)."""
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise DataError(f"{path} is not in commit {rev[:7]}: {shown.stderr.strip()}")
+    return pd.read_csv(io.StringIO(shown.stdout))
+
+
+def curves(runs: list[Run], model: str) -> dict:
+    """Vega-lite: validation accuracy by epoch, one line per experiment."""
+    values = []
+    for run in runs:
+        history = read_committed(run.rev, f"plots/history/{model}/metrics.csv").dropna(subset=["valid_accuracy"])
+        values += [
+            {"experiment": run.name, "epoch": int(e), "valid_accuracy": a}
+            for e, a in zip(history.epoch, history.valid_accuracy, strict=True)
+        ]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": f"{model.upper()}: validation accuracy by epoch",
+        "width": 460,
+        "height": 280,
+        "data": {"values": values},
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "epoch", "type": "quantitative"},
+            "y": {"field": "valid_accuracy", "type": "quantitative", "scale": {"zero": False}},
+            "color": {"field": "experiment", "type": "nominal"},
+        },
+    }
+
+
+def confusion(predictions: pd.DataFrame, title: str) -> dict:
+    counts = predictions.groupby(["actual", "predicted"]).size().reset_index(name="count")
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": title,
+        "width": 220,
+        "height": 220,
+        "data": {"values": counts.to_dict("records")},
+        "layer": [
+            {
+                "mark": "rect",
+                "encoding": {
+                    "x": {"field": "predicted", "type": "ordinal"},
+                    "y": {"field": "actual", "type": "ordinal"},
+                    "color": {"field": "count", "type": "quantitative", "scale": {"type": "log"}},
+                },
+            },
+            {
+                "mark": {"type": "text", "fontSize": 8},
+                "encoding": {
+                    "x": {"field": "predicted", "type": "ordinal"},
+                    "y": {"field": "actual", "type": "ordinal"},
+                    "text": {"field": "count"},
+                },
+            },
+        ],
+    }
+
+
+def digit_tiles(images, predictions: pd.DataFrame, indices: list[int]) -> str:
+    """Test digits as inline PNGs, each captioned with its label and both runs' predictions."""
+    from PIL import Image
+
+    tiles = []
+    for index in indices[:MAX_DIGITS]:
+        buffer = io.BytesIO()
+        Image.fromarray(images[index].numpy()).resize((56, 56), Image.NEAREST).save(buffer, "PNG")
+        row = predictions.loc[index]
+        caption = f"{int(row.actual)}: {int(row.predicted_baseline)}→{int(row.predicted_best)}"
+        data = base64.b64encode(buffer.getvalue()).decode()
+        image = f'<img alt="{caption}" src="data:image/png;base64,{data}">'
+        tiles.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+    more = f"<p>and {len(indices) - MAX_DIGITS} more</p>" if len(indices) > MAX_DIGITS else ""
+    return f'<div class="digits">{"".join(tiles) or "<p>none</p>"}</div>{more}'
+
+
+def model_section(runs: list[Run], model: str, images) -> tuple[str, dict[str, dict]]:
+    """HTML and chart specs for one model: curves, and the best run against the baseline."""
+    base, best = next(run for run in runs if run.baseline), best_run(runs, model)
+    specs = {f"curves_{model}": curves(runs, model)}
+    if best is base:
+        charts = f'<div class="chart" id="curves_{model}"></div>'
+        return f"<h2>{model.upper()}</h2>{charts}<p>No experiment beats the baseline {escape(base.name)}.</p>", specs
+    predictions = {
+        run.rev: read_committed(run.rev, f"plots/predictions/{model}.csv").set_index("index") for run in (base, best)
+    }
+    specs[f"confusion_{model}_baseline"] = confusion(predictions[base.rev], f"baseline {base.name}")
+    specs[f"confusion_{model}_best"] = confusion(predictions[best.rev], f"best {best.name}")
+    both = predictions[base.rev].rename(columns={"predicted": "predicted_baseline"})
+    both["predicted_best"] = predictions[best.rev]["predicted"]
+    right_base, right_best = both.actual == both.predicted_baseline, both.actual == both.predicted_best
+    fixed, broken = both.index[~right_base & right_best].tolist(), both.index[right_base & ~right_best].tolist()
+    curves_div, *confusion_divs = (f'<div class="chart" id="{name}"></div>' for name in specs)
+    charts = f"{curves_div}<br>{''.join(confusion_divs)}"  # the curves, then the two matrices side by side
+    accuracies = f"{best.metrics[f'acc.{model}']:.4f} vs {base.metrics[f'acc.{model}']:.4f}"
+    html = f"""<h2>{model.upper()}</h2>{charts}
+<h3>Best run {escape(best.name)} against the baseline {escape(base.name)}: test accuracy {accuracies}</h3>
+<h4>Right now, wrong in the baseline ({len(fixed)}), as label: baseline→best</h4>{digit_tiles(images, both, fixed)}
+<h4>Wrong now, right in the baseline ({len(broken)})</h4>{digit_tiles(images, both, broken)}"""
+    return html, specs
+
+
+PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Experiments: the MNIST lab</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+.chart {{ display: inline-block; vertical-align: top; margin: 0 1em 1em 0; }}
+.digits figure {{ display: inline-block; margin: 2px; text-align: center; font-size: 11px; }}
+#report-errors {{ color: #b00020; }}
+</style>
+<script>{vega}</script>
+<script>
+const reportErrors = [];
+window.addEventListener("error", (event) => reportErrors.push(event.message));
+</script>
+</head><body>
+<ul id="report-errors"></ul>
+<h1>Experiments of {baseline}</h1>
+<p>{count} runs: the baseline commit and its experiments (<code>dvc exp show</code>), sorted by {sort_by};
+params shown where they differ from the baseline; metrics on the test set ({metrics_file}).</p>
+{table}
+{sections}
+<script>
+const specs = {specs};
+Promise.all(Object.entries(specs).map(([id, spec]) =>
+  vegaEmbed("#" + id, spec, {{actions: false, renderer: "svg"}}).then((result) => {{
+    document.getElementById(id).dataset.drawn = result.view.scenegraph().root.items.length;
+  }})
+)).catch((error) => reportErrors.push(String(error))).finally(() => {{
+  document.getElementById("report-errors").replaceChildren(...reportErrors.map((message) => {{
+    const item = document.createElement("li"); item.textContent = message; return item;
+  }}));
+  document.body.dataset.done = "1";
+}});
+</script>
+</body></html>
+"""
+
+
+def render(exp_show: list[dict], images, sort_by: str | None = None) -> str:
+    """The whole page for ``dvc exp show --json``'s output and the test images (uint8, N x 28 x 28)."""
+    missing = [name for name in VEGA_SCRIPTS if not (VENDOR / name).is_file()]
+    if missing:
+        raise DataError(f"{', '.join(missing)} not in html/vendor/: `make report` installs them (npm)")
+    runs = collect_runs(exp_show)
+    spreads = {
+        f"acc.{m}": max(r.metrics[f"acc.{m}"] for r in runs) - min(r.metrics[f"acc.{m}"] for r in runs)
+        for m in MODEL_NAMES
+    }
+    sort_by = sort_by or max(spreads, key=spreads.get)  # the model the experiments changed most
+    table = experiment_table(runs, sort_by)
+    sections, specs = [], {}
+    for model in MODEL_NAMES:
+        html, model_specs = model_section(runs, model, images)
+        sections.append(html)
+        specs |= model_specs
+    return PAGE.format(
+        vega="\n".join((VENDOR / name).read_text() for name in VEGA_SCRIPTS).replace("</script", "<\\/script"),
+        baseline=escape(next(run.name for run in runs if run.baseline)),
+        count=len(runs),
+        sort_by=escape(sort_by),
+        metrics_file=METRICS_FILE,
+        table=table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", border=0),
+        sections="\n".join(sections),
+        specs=json.dumps(specs).replace("</", "<\\/"),
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the page to write (reports/experiments.html)")
+    parser.add_argument("--sort-by", help="a metric or param column (default: the accuracy that varies most)")
+    parser.add_argument("--test-split", type=Path, default=Path("data/split/test.pt"), help="the test images")
+    args = parser.parse_args(argv)
+    try:
+        shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if shown.returncode != 0:
+            raise DataError(f"dvc exp show failed: {shown.stderr.strip()}")
+        from mnistlab.data import load_split  # torch: only once the experiments are known
+
+        page = render(json.loads(shown.stdout), load_split(args.test_split).images, args.sort_by)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page)
+    print(f"report: {args.out} ({len(page) // 1024} KB), open it in a browser")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

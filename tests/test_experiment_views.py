@@ -1,0 +1,211 @@
+"""What a person reads after a sweep: DVC's grid syntax, the terminal views at 120 columns, the
+experiments' curves overlaid by `dvc plots diff`, and `make report`'s page (issue 16).
+
+One project serves every test here: tiny params, the baseline committed, then the README's 2x2
+grid of the MLR queued and run by two workers, as a user would.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from itertools import product
+from pathlib import Path
+
+import pytest
+from torchvision.io import read_image
+
+from mnistlab.workspace import copy_project, venv_env
+from tests.conftest import TINY, dvc, git, update_params
+from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
+from tests.test_experiments import accuracy, experiments, wait_for_queue
+
+pytestmark = pytest.mark.slow
+RATES, BATCHES = (0.001, 0.003), (128, 256)
+GRID = ["-S", "train_mlr.learning_rate=0.001,0.003", "-S", "train_mlr.batch_size=128,256"]  # as in the README
+WIDTH = 120
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, mnist_raw: Path) -> Path:
+    """The baseline committed and the README's 2x2 grid run through DVC's queue with two workers."""
+    project = copy_project(tmp_path_factory.mktemp("swept") / "project")
+    update_params(project, TINY | {"download": {"sources": [f"dir:{mnist_raw}"]}})
+    shutil.copytree(VENDOR, project / "html" / "vendor")  # git-ignored, as in a clone after `make`
+    dvc(project, "repro")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "baseline")
+    queued = dvc(project, "exp", "run", "--queue", *GRID).stdout
+    assert queued.count("Queued experiment") == 4, queued
+    dvc(project, "queue", "start", "-j", "2")
+    status = wait_for_queue(project)
+    assert "Failed" not in status, status
+    return project
+
+
+def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(swept: Path) -> None:
+    shown = experiments(swept)
+    baseline = shown.pop("main")
+    swept_params = {
+        (e["params"]["train_mlr"]["learning_rate"], e["params"]["train_mlr"]["batch_size"]) for e in shown.values()
+    }
+    assert len(shown) == 4 and swept_params == set(product(RATES, BATCHES)), shown.keys()
+    for experiment in shown.values():  # only the MLR changed: its own result; the MLP's reused
+        assert accuracy(experiment, "mlp") == accuracy(baseline, "mlp")
+        assert experiment["params"]["train_mlp"] == baseline["params"]["train_mlp"]
+    mlr = [accuracy(experiment, "mlr") for experiment in shown.values()]
+    assert len(set(mlr)) == 4 and all(0 < value <= 1 for value in mlr), mlr
+
+
+def terminal(project: Path, command: str) -> list[str]:
+    """The screen of a WIDTH-column terminal (tmux) after ``command``, as a person sees it (DVC's pager included)."""
+    if shutil.which("tmux") is None:
+        if os.environ.get("CI"):
+            pytest.fail("tmux is not installed: .ci/run installs it with apt-get")
+        pytest.skip("tmux is not installed (Debian: apt-get install -y tmux)")
+    session = f"views{os.getpid()}"
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    shell = f"cd {project} && export PATH={path} && {command}; sleep 60"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(WIDTH), "-y", "40", shell], check=True)
+    try:
+        deadline, screen = time.monotonic() + 60, ""
+        while time.monotonic() < deadline:
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
+            if "(END)" in screen or "└──" in screen:  # the table is on the screen
+                time.sleep(1)  # the pager has drawn its screen
+                screen = subprocess.run(
+                    ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+                ).stdout
+                break
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    return screen.splitlines()
+
+
+def table_rows(screen: list[str]) -> dict[str, list[str]]:
+    """Experiment name -> the cells of its row; the header row under "header"."""
+    rows = {}
+    for line in screen:
+        cells = line.replace(">", " ").split()
+        if cells[:1] == ["Experiment"]:
+            rows["header"] = cells
+        elif match := re.search(r"\[([\w-]+)\]", line):
+            rows[match.group(1)] = line.split("]", 1)[1].split()
+        elif cells[:1] in (["main"], ["workspace"]):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_views_a_person_reads_first_fit_120_columns(swept: Path) -> None:
+    shown = experiments(swept)
+    names = [name for name in shown if name != "main"]
+
+    # dvc metrics show: one row, every model's metrics, no column of dashes
+    metrics = dvc(swept, "metrics", "show").stdout.splitlines()
+    assert max(len(line) for line in metrics) <= WIDTH, metrics
+    assert metrics[0].split() == ["Path", "acc.mlp", "acc.mlr", "loss.mlp", "loss.mlr"], metrics
+    assert len(metrics) == 2 and "-" not in metrics[1].split(), metrics
+
+    # plain dvc exp show, in the pager DVC opens: both models' test accuracy on every row
+    rows = table_rows(terminal(swept, "dvc exp show"))
+    assert rows["header"][:6] == ["Experiment", "Created", "State", "Executor", "acc.mlp", "acc.mlr"], rows
+    for name in names:
+        state, executor, acc_mlp, acc_mlr = rows[name][2:6]  # after Created: today's time, e.g. 07:54 PM
+        assert (state, executor) == ("Success", "Dvc-task")
+        assert float(acc_mlp) == accuracy(shown[name], "mlp") and float(acc_mlr) == accuracy(shown[name], "mlr")
+
+    # after `dvc queue remove --success` (the README's sweep): --only-changed shows the swept params
+    dvc(swept, "queue", "remove", "--success")
+    screen = terminal(swept, "dvc exp show --only-changed")
+    assert max(len(line.rstrip()) for line in screen) <= WIDTH
+    rows = table_rows(screen)
+    header = ["Experiment", "Created", "acc.mlr", "loss.mlr", "train_mlr.learning_rate", "train_mlr.batch_size"]
+    assert rows["header"][:6] == header, rows
+    for name in names:
+        acc, _, rate, batch = rows[name][2:6]
+        assert float(acc) == accuracy(shown[name], "mlr"), (name, rows[name])
+        assert float(rate) == shown[name]["params"]["train_mlr"]["learning_rate"]
+        assert int(batch) == shown[name]["params"]["train_mlr"]["batch_size"]
+
+
+class ChartState(HTMLParser):
+    """The data-* attributes the pages set on each chart's div once vega has drawn it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charts: dict[str, dict[str, str]] = {}
+        self.errors: list[str] = []
+        self._in_errors = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {key: value or "" for key, value in attrs}
+        if "id" in attributes and any(key.startswith("data-") for key in attributes):
+            self.charts[attributes["id"]] = attributes
+        self._in_errors = self._in_errors or attributes.get("id") in ("plot-errors", "report-errors")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_errors = self._in_errors and tag != "ul"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_errors and data.strip():
+            self.errors.append(data.strip())
+
+
+def drawn(chromium: str, page: Path, profile: Path) -> ChartState:  # noqa: F811 (chromium: the fixture's value)
+    state = ChartState()
+    state.feed(open_page(chromium, page, profile, "--dump-dom").stdout)
+    return state
+
+
+def test_plots_diff_overlays_two_experiments_curves(swept: Path, chromium: str, tmp_path: Path) -> None:  # noqa: F811
+    first, second = sorted(name for name in experiments(swept) if name != "main")[:2]
+    dvc(swept, "plots", "diff", first, second)
+    page = swept / "dvc_plots" / "index.html"
+    html = page.read_text()
+    assert first in html and second in html
+    state = drawn(chromium, page, tmp_path / "profile")
+    assert state.errors == []
+    # accuracy: train and valid of both models, once per experiment
+    assert state.charts["accuracy"]["data-lines"] == "8", state.charts.get("accuracy")
+
+
+def test_make_report_draws_every_chart_offline(swept: Path, chromium: str, tmp_path: Path) -> None:  # noqa: F811
+    out = subprocess.run(
+        [sys.executable, "-m", "mnistlab.report", "reports/experiments.html"],
+        cwd=swept,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    page = swept / "reports" / "experiments.html"
+    html = page.read_text()
+    assert "https://" not in html.split("<body>")[1].split("<script>")[0]  # nothing fetched; vega inlined
+    shown = experiments(swept)
+    assert len(shown) >= 3
+    for name in shown:
+        assert name in html
+    best = max((name for name in shown), key=lambda name: accuracy(shown[name], "mlr"))
+    assert re.search(rf"{re.escape(best)}[^<]*★ best mlr", html), best
+    state = drawn(chromium, page, tmp_path / "profile")
+    assert state.errors == []
+    charts = {name for name in state.charts if name.startswith(("curves_", "confusion_"))}
+    assert charts == {
+        f"{kind}_{model}{side}"
+        for model in ("mlp", "mlr")
+        for kind, side in [("curves", ""), ("confusion", "_baseline"), ("confusion", "_best")]
+    }, state.charts.keys()
+    assert all(int(state.charts[name]["data-drawn"]) > 0 for name in charts), state.charts
+    screenshot = tmp_path / "report.png"
+    open_page(chromium, page, tmp_path / "profile-shot", "--window-size=1300,2600", f"--screenshot={screenshot}")
+    assert read_image(str(screenshot)).float().std() > 10
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy2(screenshot, ARTIFACTS / "experiments_report.png")
+    json.loads(dvc(swept, "exp", "show", "--json").stdout)  # the page came from this, and it still reads
