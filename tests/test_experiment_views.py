@@ -165,15 +165,19 @@ def drawn(chromium: str, page: Path, profile: Path) -> ChartState:  # noqa: F811
 
 
 def test_plots_diff_overlays_two_experiments_curves(swept: Path, chromium: str, tmp_path: Path) -> None:  # noqa: F811
+    page = swept / "dvc_plots" / "index.html"
+    dvc(swept, "plots", "show")  # one revision: the workspace
+    single = drawn(chromium, page, tmp_path / "single")
     first, second = sorted(name for name in experiments(swept) if name != "main")[:2]
     dvc(swept, "plots", "diff", first, second)
-    page = swept / "dvc_plots" / "index.html"
     html = page.read_text()
     assert first in html and second in html
     state = drawn(chromium, page, tmp_path / "profile")
-    assert state.errors == []
-    # accuracy: train and valid of both models, once per experiment
-    assert state.charts["accuracy"]["data-lines"] == "8", state.charts.get("accuracy")
+    assert single.errors == [] and state.errors == []
+    # every accuracy and loss series drawn once per experiment: twice the lines of one revision
+    for chart in ("accuracy", "loss"):
+        lines = int(single.charts[chart]["data-lines"])
+        assert lines > 0 and int(state.charts[chart]["data-lines"]) == 2 * lines, (single.charts, state.charts)
 
 
 def test_make_report_draws_every_chart_offline(swept: Path, chromium: str, tmp_path: Path) -> None:  # noqa: F811
