@@ -5,7 +5,7 @@ experiments, their params and metrics; each experiment's committed history and p
 from its git commit (``git show <rev>:plots/...``). The page inlines vega, vega-lite and vega-embed
 from html/vendor/ (installed by `make`), so it opens without a network.
 
-    python -m mnistlab.report reports/experiments.html [--sort-by acc.mlr]
+    python -m mnistlab.report reports/experiments.html [--sort-by acc.mlr] [--rev COMMIT]
 """
 
 import argparse
@@ -277,10 +277,12 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the page to write (reports/experiments.html)")
     parser.add_argument("--sort-by", help="a metric or param column (default: the accuracy that varies most)")
+    parser.add_argument("--rev", help="the experiments of this commit (dvc exp show --rev; default HEAD)")
     parser.add_argument("--test-split", type=Path, default=Path("data/split/test.pt"), help="the test images")
     args = parser.parse_args(argv)
     try:
-        shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--rev", args.rev] if args.rev else [])]
+        shown = subprocess.run(command, capture_output=True, text=True)
         if shown.returncode != 0:
             raise DataError(f"dvc exp show failed: {shown.stderr.strip()}")
         from mnistlab.data import load_split  # torch: only once the experiments are known
