@@ -2,6 +2,8 @@
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The python that creates .venv (pyproject.toml's requires-python or newer): `make PYTHON3=python3.12 ...`.
+PYTHON3 ?= python3
 # Stages run as `python -m stages.<name>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # `make predict`: the images (files or folders) and the model whose checkpoint reads them.
@@ -17,7 +19,7 @@ BENCH_ARGS ?=
 BENCH_DEPS := bench/.deps
 
 .DEFAULT_GOAL := help
-.PHONY: help repro verify test test-fast predict bench bench-gpu lint format clean-venv
+.PHONY: help repro verify test test-fast predict bench bench-gpu lint format clean-venv lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -61,11 +63,20 @@ $(BENCH_DEPS)/.installed: bench/requirements.txt | $(STAMP)
 	$(PYTHON) -m pip install --quiet --no-deps --target $(BENCH_DEPS) -r bench/requirements.txt
 	touch $@
 
+# requirements.txt is the lock (from requirements.in by `make lock`): every package, pinned, with its
+# hashes. pip installs uv from it, uv installs all of it (faster than pip: docs/install.md); both check
+# every hash. First, a python older than pyproject.toml's requires-python stops make with one line.
+PYTHON_PROBLEM = $(shell $(if $(wildcard $(PYTHON)),$(PYTHON),$(PYTHON3)) tools/check_python.py 2>&1)
 $(STAMP): requirements.txt
-	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(if $(PYTHON_PROBLEM),$(error $(PYTHON_PROBLEM)))
+	test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV)
+	sed -n '/^uv==/,/[^\\]$$/p' requirements.txt | $(PYTHON) -m pip install --quiet --require-hashes -r /dev/stdin
+	$(PYTHON) -m uv pip sync --quiet --require-hashes --compile-bytecode --python $(PYTHON) requirements.txt
 	touch $@
+
+lock: | $(STAMP) ## resolve requirements.in into requirements.txt, with hashes, for every platform (needs PyPI)
+	$(PYTHON) -m uv pip compile --quiet --universal --generate-hashes --no-strip-extras \
+	  --python-version $$($(PYTHON) tools/check_python.py --minimum) requirements.in -o requirements.txt
 
 $(VEGA): html/vendor.sha256
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js and npm (Debian: apt-get install -y npm)" >&2; exit 1; }
