@@ -19,7 +19,7 @@ BENCH_ARGS ?=
 BENCH_DEPS := bench/.deps
 
 .DEFAULT_GOAL := help
-.PHONY: help repro verify test test-fast predict bench bench-gpu lint format clean-venv lock
+.PHONY: help repro verify test test-fast report predict bench bench-gpu lint format clean-venv lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI 
 
 test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)
 	$(PYTHON) -m pytest -m "not slow"
+
+report: $(STAMP) ## every experiment of HEAD on one offline page: reports/experiments.html [SORT=acc.mlr] [REV=commit]
+	@$(MAKE) --no-print-directory $(VEGA)
+	$(PYTHON) -m mnistlab.report reports/experiments.html $(if $(SORT),--sort-by $(SORT)) $(if $(REV),--rev $(REV))
 
 predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png folder/" [MODEL=mlr] [JSON=1] [SHOW=DIR]
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="digit.png my_digits/" [MODEL=mlr] [JSON=1] [SHOW=DIR]' >&2; exit 2; }
