@@ -9,7 +9,7 @@ each ``Trainer`` + ``fit`` (each epoch too), each ``test``; not the imports.
 
 ISLP and the packages its import needs come from bench/requirements.txt, installed by `make bench`
 into bench/.deps, a folder only this module puts on sys.path. Run alone:
-``python -m bench.lab --models mlp mlr --epochs 1 --data-root data --json /tmp/lab.json``.
+``python -m bench.lab --models mlp mlr --epochs 1 --data-root data --json lab.json``.
 """
 
 import argparse
