@@ -9,19 +9,13 @@ from pathlib import Path
 
 from bench import strict_mode
 from bench.common import table
+from mnistlab.machine import cpu_flags
 
 SETTINGS = {"AVX2 (default)": {}, "AVX-512 (ATEN_CPU_CAPABILITY=avx512)": {"ATEN_CPU_CAPABILITY": "avx512"}}
 
 
-def has_avx512() -> bool:
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-
-
 def measure(models: list[str], epochs: int, repeats: int, split_dir: Path, threads: int | None) -> dict:
-    if not has_avx512():
+    if "avx512f" not in cpu_flags():
         return {"skipped": "this CPU has no AVX-512: both settings run the same AVX2 kernels"}
     return strict_mode.measure(models, epochs, repeats, split_dir, threads, SETTINGS)
 

@@ -50,22 +50,26 @@ def pin_cpu_arithmetic() -> None:
         os.environ.setdefault(ATEN_CPU_CAPABILITY, ATEN_KERNELS)
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags, lower case (Linux: /proc/cpuinfo, macOS: sysctl); empty where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import subprocess
+
+        try:
+            command = ["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"]
+            text = subprocess.run(command, capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return set()
+    return set(text.lower().split())
+
+
 def has_avx2(machine: str | None = None, flags: str | None = None) -> bool:
-    """Whether this is an x86-64 CPU with AVX2 (flags: Linux's /proc/cpuinfo, macOS's sysctl); False elsewhere."""
+    """Whether this is an x86-64 CPU with AVX2 (``flags``: this CPU's by default); False elsewhere."""
     if (machine or platform.machine()).lower() not in X86:
         return False
-    if flags is None:
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            import subprocess
-
-            try:
-                command = ["sysctl", "-n", "machdep.cpu.leaf7_features"]
-                flags = subprocess.run(command, capture_output=True, text=True, timeout=5).stdout
-            except (OSError, subprocess.SubprocessError):
-                return False
-    return "avx2" in flags.lower().split()
+    return "avx2" in (set(flags.lower().split()) if flags is not None else cpu_flags())
 
 
 def mkl_mode() -> str:
@@ -105,12 +109,23 @@ def cpu_model() -> dict[str, str]:
 # What decides the bits of a CPU result besides its inputs; the CPU's model and family do not (issue 17:
 # Zen 3 and Zen 4 give the same bits), so the committed record leaves them out and a clone on another
 # generation of the same vendor keeps a clean `git status`.
-ARITHMETIC = ("cpu_vendor", "cpu_capability", "device", "gpu", "cuda", "torch", "lightning", "mkl", "threads")
+ARITHMETIC = (
+    "cpu_vendor",
+    "cpu_capability",
+    "device",
+    "gpu",
+    "cuda",
+    "torch",
+    "lightning",
+    "mkl",
+    "threads",
+    "world_size",
+)
 
 
 def arithmetic_record(record: dict) -> dict:
     """The part of a machine record that decides the bits (what `evaluate` commits)."""
-    return {key: value for key, value in record.items() if key in ARITHMETIC or key == "world_size"}
+    return {key: value for key, value in record.items() if key in ARITHMETIC}
 
 
 def machine_record(device: str) -> dict:

@@ -23,8 +23,8 @@ import pandas as pd
 
 from mnistlab.errors import DataError, PipelineError
 from mnistlab.params import MODEL_NAMES
+from mnistlab.stage import METRICS_FILE
 
-METRICS_FILE = "metrics/test.json"
 VENDOR = Path("html/vendor")  # relative: run from the project root, as the stages are
 VEGA_SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 MAX_DIGITS = 24  # per side of the best-vs-baseline comparison
@@ -41,14 +41,9 @@ class Run:
     baseline: bool = False
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def flatten(tree: dict) -> dict:
+    """Nested keys joined by dots, as DVC names its columns (``train_mlr.learning_rate``, ``acc.mlp``)."""
+    return pd.json_normalize(tree).iloc[0].to_dict() if tree else {}
 
 
 def _run(entry: dict, name: str, baseline: bool = False) -> Run | None:

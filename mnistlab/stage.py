@@ -11,6 +11,8 @@ from mnistlab.errors import DataError, PipelineError
 # What a training stage writes into its folder (models/<model>/, cached by DVC, so that the
 # run-cache restores all of it); the evaluate stage copies the small files where git keeps them.
 CHECKPOINT, HISTORY, SUMMARY, MACHINE = "model.ckpt", "metrics.csv", "summary.txt", "machine.json"
+# The DVC metrics file (dvc.yaml passes it to evaluate); `make verify` and `make report` read it back.
+METRICS_FILE = "metrics/test.json"
 
 
 def run_stage(main: Callable[[Sequence[str]], None]) -> None:
@@ -26,6 +28,14 @@ def write_json(path: Path, content: dict) -> None:
     """Pretty, key-sorted JSON, so that ``git diff`` of a metrics file shows what changed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file a stage reads; a missing one is a DataError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the stage that writes it first (dvc repro)") from None
 
 
 def copy_file(source: Path, copy: Path) -> None:

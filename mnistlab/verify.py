@@ -27,11 +27,12 @@ import pandas as pd
 import yaml
 
 from mnistlab.evaluation import last_epoch, model_metrics
+from mnistlab.machine import cpu_flags
 from mnistlab.params import MODEL_NAMES
+from mnistlab.stage import METRICS_FILE
 from mnistlab.workspace import ROOT, copy_project, venv_env
 
 SPREAD_FILE = Path("experiments/spread.json")
-METRICS_FILE = "metrics/test.json"
 VENDORS = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}  # /proc/cpuinfo's vendor_id
 COMPARED = ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss")  # test: metrics file; valid: history
 # (name, seed, environment): each run emulates what another machine or seed changes
@@ -162,7 +163,7 @@ def measure_spread(workdir: Path) -> dict:
     reference = {model: scores(files, model) for model in MODEL_NAMES}
     runs = []
     for name, run_seed, env in SPREAD_RUNS:
-        if env.get("ATEN_CPU_CAPABILITY") == "avx512" and "avx512f" not in Path("/proc/cpuinfo").read_text():
+        if env.get("ATEN_CPU_CAPABILITY") == "avx512" and "avx512f" not in cpu_flags():
             print(f"spread: {name} skipped: this CPU has no AVX-512", flush=True)
             continue
         print(f"spread: {name} ({env or 'params.yaml as committed'}, seed {run_seed})", flush=True)

@@ -2,7 +2,6 @@
 predictions, and the small committed copies of what training wrote (params: evaluate)."""
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from mnistlab.evaluation import (
 )
 from mnistlab.machine import arithmetic_record
 from mnistlab.params import MODEL_NAMES, EvaluateParams, parse_section, read_params
-from mnistlab.stage import CHECKPOINT, HISTORY, MACHINE, SUMMARY, copy_file, run_stage, write_json
+from mnistlab.stage import CHECKPOINT, HISTORY, MACHINE, SUMMARY, copy_file, read_json, run_stage, write_json
 
 
 def main(argv: Sequence[str]) -> None:
@@ -43,9 +42,7 @@ def main(argv: Sequence[str]) -> None:
         copy_file(trained / HISTORY, args.history_dir / name / HISTORY)
         copy_file(trained / SUMMARY, args.summaries_dir / f"{name}_summary.txt")
         # the committed record keeps what decides the bits, not the CPU's model (docs/reproducibility.md)
-        copy_file(trained / MACHINE, args.history_dir / name / MACHINE)
-        record = json.loads((args.history_dir / name / MACHINE).read_text())
-        write_json(args.history_dir / name / MACHINE, arithmetic_record(record))
+        write_json(args.history_dir / name / MACHINE, arithmetic_record(read_json(trained / MACHINE)))
         logits = predict_logits(load_model(trained / CHECKPOINT), test.images, params.batch_size)
         scores[name] = score(logits, test.labels)
         predictions_table(logits, test).to_csv(args.predictions_dir / f"{name}.csv", index=False)

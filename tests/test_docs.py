@@ -11,7 +11,7 @@ import yaml
 
 from mnistlab.evaluation import model_metrics
 from mnistlab.params import MODEL_NAMES
-from mnistlab.verify import METRICS_FILE
+from mnistlab.stage import METRICS_FILE
 from tests.conftest import ROOT
 
 README_LIMIT_BYTES = 12_000  # a newcomer's five minutes; the rest belongs in docs/

@@ -11,7 +11,7 @@ import torch
 
 from mnistlab.data import Split, save_split
 from mnistlab.idx import decode_idx
-from mnistlab.machine import has_avx2
+from mnistlab.machine import cpu_flags, has_avx2
 from mnistlab.verify import compare, describe
 from tests.conftest import ROOT, venv_env
 
@@ -84,7 +84,7 @@ def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stag
 
 # ------------------------------------------------------------------ ATen's AVX2 kernels by default (issue 17)
 
-CPU_FLAGS = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+CPU_FLAGS = cpu_flags()
 X86_AVX2 = has_avx2()
 
 
