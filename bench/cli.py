@@ -165,10 +165,8 @@ def cpu_report(
 ) -> list[str]:
     """Items 1-5."""
     split_dir = args.data_root / "split"
-    if not (split_dir / "train.pt").exists():
-        raise SystemExit(
-            f"bench: {split_dir / 'train.pt'} not found: run the pipeline's split stage first (make repro)"
-        )
+    if not (split_dir / "train").is_dir():
+        raise SystemExit(f"bench: {split_dir / 'train'} not found: run the pipeline's split stage first (make repro)")
     env = stage_env(args.threads)
     print("fits, ours and the plain loop:", flush=True)
     fits = overhead.measure(args.models, params, trainer, run_seed, split_dir, device, args.repeats)

@@ -132,7 +132,7 @@ def measure(train_path: Path, quick: bool) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=ROOT / "data" / "split" / "train.pt", help="the split's train.pt")
+    parser.add_argument("--train", type=Path, default=ROOT / "data" / "split" / "train", help="the split's train part")
     parser.add_argument("--quick", action="store_true", help="two settings, threads 1/2, a 40-step epoch")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--compare", type=Path, nargs=2, metavar="JSON", help="rows that differ between two reports")

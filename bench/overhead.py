@@ -30,7 +30,7 @@ def plain_fit(model_name: str, params: TrainParams, run_seed: int, split_dir: Pa
     torch.use_deterministic_algorithms(True, warn_only=True)
     start = time.perf_counter()
     model, loss_function, optimizer = plain_step_parts(model_name, params.learning_rate, device)
-    train, validation = (load_split(split_dir / f"{name}.pt") for name in ("train", "validation"))
+    train, validation = (load_split(split_dir / name) for name in ("train", "validation"))
     train_batches = TensorBatches(
         train.images.to(device), train.labels.to(device), params.batch_size, shuffle=True, seed=run_seed
     )

@@ -33,7 +33,7 @@ def measure(model_name: str, params: TrainParams, run_seed: int, split_dir: Path
 
     pl.seed_everything(run_seed, workers=True, verbose=False)
     model, loss_function, optimizer = plain_step_parts(model_name, params.learning_rate, torch.device("cpu"))
-    train = load_split(split_dir / "train.pt")
+    train = load_split(split_dir / "train")
     batches = endless_batches(TensorBatches(train.images, train.labels, params.batch_size, shuffle=True, seed=run_seed))
 
     def run(count: int) -> float:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mnistlab.errors import DataError
 from mnistlab.idx import decode_idx
+from mnistlab.splitfiles import load_arrays, save_arrays
 
 CLASSES = tuple(range(10))
 
@@ -65,33 +66,21 @@ def take(images: Tensor, labels: Tensor, indices: Tensor | None = None) -> Split
     return Split(images[indices].clone(), labels[indices].clone(), indices.clone())
 
 
-def save_split(split: Split, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": split.images, "labels": split.labels, "indices": split.indices}, path)
+def save_split(split: Split, folder: Path) -> None:
+    """A Split as ``.npy`` files in ``folder`` (``mnistlab.splitfiles``)."""
+    save_arrays(folder, split.images.numpy(), split.labels.numpy(), split.indices.numpy())
 
 
-def load_split(path: Path) -> Split:
-    """A split written by ``save_split``; tensors only (``weights_only=True``)."""
-    try:
-        content = torch.load(path, weights_only=True, map_location="cpu")
-        split = Split(content["images"], content["labels"], content["indices"])
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the split stage first") from None
-    except Exception as error:
-        raise DataError(f"{path}: not a split written by the split stage ({error})") from None
-    if split.images.dtype != torch.uint8 or split.images.shape[1:] != (28, 28) or len(split.images) != len(split):
-        raise DataError(f"{path}: expected uint8 images of shape (N, 28, 28) matching N labels")
-    return split
+def load_split(folder: Path) -> Split:
+    """A part written by ``save_split``, as tensors that share the arrays' memory."""
+    images, labels, indices = load_arrays(folder)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels), torch.from_numpy(indices))
 
 
-def training_sample(split_dir: Path, index: int) -> tuple[Tensor, int]:
-    """What the lab's ``mnist_train[index]`` shows (image, label), from the split that holds it."""
-    for name in ("train", "validation"):
-        part = load_split(split_dir / f"{name}.pt")
-        (positions,) = torch.nonzero(part.indices == index, as_tuple=True)
-        if len(positions):
-            return part.images[positions[0]], int(part.labels[positions[0]])
-    raise DataError(f"{split_dir}: no training image with index {index}")
+def in_index_order(split: Split) -> Split:
+    """The split's rows sorted by their canonical index: what is computed from it no longer depends on row order."""
+    order = torch.argsort(split.indices, stable=True)
+    return Split(split.images[order], split.labels[order], split.indices[order])
 
 
 def to_float(images: Tensor) -> Tensor:

@@ -20,7 +20,8 @@ def load_model(path: Path) -> nn.Module:
     """The network in a Lightning checkpoint, loaded with ``weights_only=True``, in eval mode."""
     try:
         checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-        model = build_model(checkpoint["hyper_parameters"]["model_name"])
+        hyper_parameters = checkpoint["hyper_parameters"]
+        model = build_model(hyper_parameters["model_name"], **(hyper_parameters.get("model_options") or {}))
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
     except FileNotFoundError:
@@ -39,12 +40,12 @@ def predict_logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
 
 
 def score(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    """The lab's test metrics (``test_accuracy``, ``test_loss``) and the error count."""
+    """The lab's metrics on one part (``accuracy``, mean cross-entropy ``loss``) and the error count."""
     accuracy = (logits.argmax(1) == labels).double().mean()
     return {
-        "test_accuracy": round(accuracy.item(), 6),
-        "test_loss": round(nn.functional.cross_entropy(logits, labels).item(), 6),
-        "test_errors": int((logits.argmax(1) != labels).sum()),
+        "accuracy": round(accuracy.item(), 6),
+        "loss": round(nn.functional.cross_entropy(logits, labels).item(), 6),
+        "errors": int((logits.argmax(1) != labels).sum()),
     }
 
 
@@ -68,22 +69,33 @@ def per_class_accuracy(logits: Tensor, labels: Tensor) -> list[float]:
     return (correct.double() / torch.bincount(labels, minlength=NUM_CLASSES).double()).tolist()
 
 
-def compared_metrics(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """The DVC metrics file: test accuracy and loss, each with one key per model.
+# The DVC metrics file's groups, in the order DVC shows them: what a run is chosen by (validation
+# accuracy) first, the test accuracy of what was chosen next, then the losses.
+METRIC_GROUPS = {
+    "val_acc": ("validation", "accuracy"),
+    "test_acc": ("test", "accuracy"),
+    "val_loss": ("validation", "loss"),
+    "test_loss": ("test", "loss"),
+}
 
-    Grouped by metric, not by model, so that ``dvc exp show`` names its columns ``acc.mlp``,
-    ``acc.mlr``, ``loss.mlp``, ``loss.mlr`` (short, unique, the accuracies first: in a narrow terminal
-    DVC folds columns from the right) and ``dvc metrics show`` prints one row without gaps.
+
+def compared_metrics(scores: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """The DVC metrics file from ``scores[model][part]``: each metric with one key per model.
+
+    Grouped by metric, not by model, so that ``dvc exp show`` names its columns ``val_acc.mlp``,
+    ``val_acc.mlr``, ``test_acc.mlp``, ... (short, unique; in a narrow terminal DVC folds columns from
+    the right, so the ones people choose by come first) and ``dvc metrics show`` prints one row.
+    Written in this order (not key-sorted): DVC keeps the file's order.
     """
     return {
-        "acc": {model: values["test_accuracy"] for model, values in scores.items()},
-        "loss": {model: values["test_loss"] for model, values in scores.items()},
+        group: {model: scores[model][part][value] for model in sorted(scores)}
+        for group, (part, value) in METRIC_GROUPS.items()
     }
 
 
 def model_metrics(metrics: dict, model: str) -> dict[str, float]:
-    """One model's test accuracy and loss from the metrics file's content."""
-    return {"test_accuracy": metrics["acc"][model], "test_loss": metrics["loss"][model]}
+    """One model's test accuracy and loss from the metrics file's content (`make verify`'s names)."""
+    return {"test_accuracy": metrics["test_acc"][model], "test_loss": metrics["test_loss"][model]}
 
 
 def last_epoch(history_csv: Path) -> dict[str, float]:

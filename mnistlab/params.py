@@ -101,6 +101,21 @@ class TrainParams(Section):
     eval_batch_size: integer(1) = Field(description="validation runs in batches this large")
     cuda_graphs: choice("auto", "off") = Field("auto", description="auto: record the steps as CUDA graphs on a GPU")
 
+    def model_options(self) -> dict[str, float]:
+        """What the network is built with besides its name (``mnistlab.models.build_model``)."""
+        return {}
+
+
+Probability = Annotated[float, _YAML_FLOAT, Field(ge=0.0, lt=1.0, allow_inf_nan=False), Allowed("a number in [0, 1)")]
+
+
+class MLPTrainParams(TrainParams):
+    dropout1: Probability = Field(0.4, description="dropout after the first hidden layer (256 units)")
+    dropout2: Probability = Field(0.3, description="dropout after the second hidden layer (128 units)")
+
+    def model_options(self) -> dict[str, float]:
+        return {"dropout1": self.dropout1, "dropout2": self.dropout2}
+
 
 class EvaluateParams(Section):
     batch_size: integer(1) = Field(description="test images per forward pass")
@@ -161,6 +176,12 @@ def seed(raw: Mapping[str, Any]) -> int:
     return _validated(Seed, {"seed": raw["seed"]}, "").seed
 
 
+def train_params(model_name: str) -> type[TrainParams]:
+    """The section class of ``train_<model_name>``: the MLP's has its dropout rates too."""
+    train_section(model_name)
+    return MLPTrainParams if model_name == "mlp" else TrainParams
+
+
 def train_section(model_name: str) -> str:
     if model_name not in MODEL_NAMES:
         raise ParamsError(f"unknown model {model_name!r}: expected one of {', '.join(MODEL_NAMES)}")
@@ -170,7 +191,7 @@ def train_section(model_name: str) -> str:
 def validate_all(raw: Mapping[str, Any]) -> None:
     """Check every section at once (tests and ``make check``); unknown top-level keys are errors."""
     sections = {"download": DownloadParams, "split": SplitParams, "trainer": TrainerParams, "evaluate": EvaluateParams}
-    sections |= {train_section(name): TrainParams for name in MODEL_NAMES}
+    sections |= {train_section(name): train_params(name) for name in MODEL_NAMES}
     unknown = sorted(set(raw) - set(sections) - {"seed"})
     if unknown:
         raise ParamsError(f"params.yaml: unknown section(s) {', '.join(unknown)}")

@@ -1,4 +1,8 @@
-"""The lab's figures and a few more, drawn with pandas and matplotlib from the stages' outputs."""
+"""The lab's figures and a few more, drawn with pandas and matplotlib from the stages' outputs (no torch).
+
+Each figure is a function of its inputs' content, not of their row order: the stage puts the rows in
+canonical order (``by_epoch``, ``by_index``) and every ranking has an explicit tie-breaker.
+"""
 
 from pathlib import Path
 
@@ -7,11 +11,21 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from torch import Tensor
 
 MODEL_TITLES = {"mlp": "MLP 784-256-128-10", "mlr": "Logistic regression 784-10"}
+
+
+def by_epoch(history: pd.DataFrame) -> pd.DataFrame:
+    """A training history in epoch order."""
+    return history.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+def by_index(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per-image predictions in the order of the canonical test file."""
+    return predictions.sort_values("index", kind="stable").reset_index(drop=True)
 
 
 def accuracy_figure(histories: dict[str, pd.DataFrame]) -> Figure:
@@ -27,7 +41,7 @@ def accuracy_figure(histories: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def digit_figure(image: Tensor, label: int) -> Figure:
+def digit_figure(image: np.ndarray, label: int) -> Figure:
     """The lab's sample: one digit in grey with its label as the title."""
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(image.squeeze(), cmap="gray")
@@ -36,16 +50,26 @@ def digit_figure(image: Tensor, label: int) -> Figure:
 
 
 def misclassified_figure(
-    predictions: pd.DataFrame, images: Tensor, model_title: str, columns: int = 8, rows: int = 4
+    predictions: pd.DataFrame,
+    images: np.ndarray,
+    indices: np.ndarray,
+    model_title: str,
+    columns: int = 8,
+    rows: int = 4,
 ) -> Figure:
-    """The test digits the model gets wrong, most confident mistakes first."""
-    wrong = predictions[predictions.actual != predictions.predicted].sort_values("confidence", ascending=False)
-    wrong = wrong.head(columns * rows)
+    """The test digits the model gets wrong, most confident mistakes first (ties: lower test index first).
+
+    ``images[i]`` is the test image whose canonical index is ``indices[i]``.
+    """
+    wrong = predictions[predictions.actual != predictions.predicted]
+    # confidences tie (many mistakes at 100%): the index decides, so the figure is the same on every run
+    wrong = wrong.sort_values(["confidence", "index"], ascending=[False, True], kind="stable").head(columns * rows)
+    row_of = pd.Series(np.arange(len(indices)), index=indices)
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows))
     for ax in axes.flat:
         ax.axis("off")
     for ax, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
-        ax.imshow(images[int(row["index"])], cmap="gray_r")
+        ax.imshow(images[row_of[int(row["index"])]], cmap="gray_r")
         ax.set_title(f"true {row.actual:.0f}, pred {row.predicted:.0f}\n{row.confidence:.0%}", fontsize=8)
     total = int((predictions.actual != predictions.predicted).sum())
     fig.suptitle(f"{model_title}: the most confident mistakes ({len(wrong)} of {total})")

@@ -273,7 +273,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("out", type=Path, help="the page to write (reports/experiments.html)")
     parser.add_argument("--sort-by", help="a metric or param column (default: the accuracy that varies most)")
     parser.add_argument("--rev", help="the experiments of this commit (dvc exp show --rev; default HEAD)")
-    parser.add_argument("--test-split", type=Path, default=Path("data/split/test.pt"), help="the test images")
+    parser.add_argument("--test-split", type=Path, default=Path("data/split/test"), help="the test images")
     args = parser.parse_args(argv)
     try:
         command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--rev", args.rev] if args.rev else [])]

@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab.data import Chunk, Chunks, TensorBatches, gather, load_split
+from mnistlab.errors import TrainingError
 from mnistlab.graphs import StepGraph
 from mnistlab.models import NUM_CLASSES, build_model
 
@@ -37,10 +38,16 @@ class Classifier(pl.LightningModule):
     tests check against the eager path).
     """
 
-    def __init__(self, model_name: str, learning_rate: float, cuda_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        learning_rate: float,
+        cuda_graphs: bool | None = None,
+        model_options: dict[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["cuda_graphs"])
-        self.model = build_model(model_name)
+        self.model = build_model(model_name, **(model_options or {}))
         self.loss = nn.CrossEntropyLoss()
         self.learning_rate = learning_rate
         self.cuda_graphs = cuda_graphs
@@ -137,6 +144,11 @@ class Classifier(pl.LightningModule):
         if self.valid_accuracy.update_count:
             metrics |= {"valid_loss": self.valid_loss, "valid_accuracy": self.valid_accuracy}
         values = {name: metric.compute() for name, metric in metrics.items()}
+        if not torch.isfinite(values["train_loss"]):  # a diverged fit: fail the stage instead of saving it
+            raise TrainingError(
+                f"training diverged: train_loss is {float(values['train_loss'])} in epoch {self.current_epoch + 1} "
+                f"with learning_rate {self.learning_rate:g}: lower the learning rate"
+            )
         self.log_dict(values, logger=False, sync_dist=True)
         if self.trainer.is_global_zero:  # shown by the stage where no progress bar is (mnistlab.training)
             numbers = "  ".join(f"{name} {float(value):.4f}" for name, value in values.items())
@@ -168,7 +180,7 @@ class InMemoryMNIST(pl.LightningDataModule):
         self.validation = self._load("validation", device)
 
     def _load(self, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
-        split = load_split(self.split_dir / f"{name}.pt")
+        split = load_split(self.split_dir / name)
         return split.images.to(device), split.labels.to(device)
 
     def _batches(self, tensors: tuple[Tensor, Tensor], batch_size: int, shuffle: bool) -> TensorBatches:

@@ -17,9 +17,9 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 
 from mnistlab.errors import TrainingError
-from mnistlab.machine import machine_record
+from mnistlab.machine import arithmetic_record, machine_record
 from mnistlab.models import build_model, summarize
-from mnistlab.params import TrainerParams, TrainParams, parse_section, read_params, seed, train_section
+from mnistlab.params import TrainerParams, TrainParams, parse_section, read_params, seed, train_params, train_section
 from mnistlab.stage import CHECKPOINT, MACHINE, SUMMARY, write_json
 from mnistlab.system import Classifier, InMemoryMNIST
 
@@ -83,7 +83,12 @@ def strategy(trainer: TrainerParams) -> str | DDPStrategy:
 
 def build_trainer(params: TrainParams, trainer: TrainerParams, history_dir: Path | None, **overrides) -> pl.Trainer:
     """A Trainer with the params' settings; ``history_dir`` gets the CSV history (None: no logger)."""
-    logger = CSVLogger(save_dir=history_dir.parent, name=history_dir.name, version="") if history_dir else False
+    # flushed every epoch (one row each): the history grows on disk while training runs (`make tune` reads it)
+    logger = (
+        CSVLogger(save_dir=history_dir.parent, name=history_dir.name, version="", flush_logs_every_n_steps=1)
+        if history_dir
+        else False
+    )
     options = dict(
         max_epochs=params.epochs,
         accelerator=trainer.accelerator,
@@ -122,7 +127,7 @@ def fit(
     torch.use_deterministic_algorithms(True, warn_only=True)
     if cuda_graphs is None and params.cuda_graphs == "off":
         cuda_graphs = False
-    system = Classifier(model_name, params.learning_rate, cuda_graphs)
+    system = Classifier(model_name, params.learning_rate, cuda_graphs, params.model_options())
     data = InMemoryMNIST(split_dir, params.batch_size, params.eval_batch_size, seed)
     trainer = build_trainer(params, trainer_params, history_dir, **trainer_overrides)
     try:
@@ -160,10 +165,12 @@ def stage_main(model_name: str, argv: Sequence[str]) -> None:
     )
     args = parser.parse_args(argv)
     raw = read_params()
-    params = parse_section(TrainParams, raw, train_section(model_name))
+    params = parse_section(train_params(model_name), raw, train_section(model_name))
     trainer_params = parse_section(TrainerParams, raw, "trainer")
 
-    summary = summarize(build_model(model_name), params.batch_size)  # before seeding: it draws a random input
+    summary = summarize(
+        build_model(model_name, **params.model_options()), params.batch_size
+    )  # before seeding: it draws a random input
     print(summary)
     started = time.perf_counter()
     trainer, system = fit(model_name, params, trainer_params, seed(raw), args.split_dir, args.out_dir)
@@ -171,7 +178,8 @@ def stage_main(model_name: str, argv: Sequence[str]) -> None:
     if trainer.is_global_zero:  # the other nodes' processes write nothing
         (args.out_dir / SUMMARY).write_text(summary + "\n")
         record = machine_record(str(system.device)) | {"world_size": trainer.world_size}
-        print(f"machine: {record}")
-        write_json(args.out_dir / MACHINE, record)
+        print(f"machine: {record}")  # the full record, CPU model included, in the log: nothing hashes it
+        # the cached folder keeps what decides the bits only: a clone on another CPU model gets the same hash
+        write_json(args.out_dir / MACHINE, arithmetic_record(record))
         epochs = next(c for c in trainer.callbacks if isinstance(c, EpochClock)).epoch_seconds
         print(f"fit: {sum(epochs):.2f} s in epochs, {time.perf_counter() - started:.2f} s in all")

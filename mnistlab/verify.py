@@ -146,7 +146,7 @@ def spread_run(name: str, run_seed: int, env: dict[str, str], workdir: Path) -> 
     for model in MODEL_NAMES:
         command = [sys.executable, "-m", f"stages.train_{model}", str(ROOT / "data/split"), f"models/{model}"]
         subprocess.run(command, cwd=folder, env=environment, check=True, capture_output=True)
-    command = [sys.executable, "-m", "stages.evaluate", str(ROOT / "data/split/test.pt"), "models"]
+    command = [sys.executable, "-m", "stages.evaluate", str(ROOT / "data/split"), "models"]
     command += [METRICS_FILE, "metrics", "plots/history", "predictions", "per_class.csv"]
     subprocess.run(command, cwd=folder, env=environment, check=True, capture_output=True)
     files = {METRICS_FILE: (folder / METRICS_FILE).read_text()}

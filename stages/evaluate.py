@@ -1,5 +1,5 @@
-"""Stage evaluate: both models on the test set, the metrics people compare runs by, per-image
-predictions, and the small committed copies of what training wrote (params: evaluate)."""
+"""Stage evaluate: both models on the validation and test sets, the metrics people compare runs by,
+per-image test predictions, and the small committed copies of what training wrote (params: evaluate)."""
 
 import argparse
 from collections.abc import Sequence
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnistlab.data import load_split
+from mnistlab.data import in_index_order, load_split
 from mnistlab.evaluation import (
     compared_metrics,
     load_model,
@@ -16,16 +16,15 @@ from mnistlab.evaluation import (
     predictions_table,
     score,
 )
-from mnistlab.machine import arithmetic_record
 from mnistlab.params import MODEL_NAMES, EvaluateParams, parse_section, read_params
-from mnistlab.stage import CHECKPOINT, HISTORY, MACHINE, SUMMARY, copy_file, read_json, run_stage, write_json
+from mnistlab.stage import CHECKPOINT, HISTORY, MACHINE, SUMMARY, copy_file, run_stage, write_json
 
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("test_split", type=Path, help="the split stage's test.pt")
+    parser.add_argument("split_dir", type=Path, help="the split stage's output: validation/ and test/")
     parser.add_argument("models_dir", type=Path, help="holds <model>/: the training stages' outputs")
-    parser.add_argument("metrics", type=Path, help="output: the DVC metrics file, test acc and loss per model")
+    parser.add_argument("metrics", type=Path, help="output: the DVC metrics file, validation and test acc and loss")
     parser.add_argument("summaries_dir", type=Path, help="output: <model>_summary.txt")
     parser.add_argument("history_dir", type=Path, help="output: <model>/metrics.csv and <model>/machine.json")
     parser.add_argument("predictions_dir", type=Path, help="output: <model>.csv, one row per test image")
@@ -33,22 +32,31 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     params = parse_section(EvaluateParams, read_params(), "evaluate")
 
-    test = load_split(args.test_split)
+    # in canonical order, whatever order the files hold the rows in: same inputs, same bytes out
+    parts = {part: in_index_order(load_split(args.split_dir / part)) for part in ("validation", "test")}
+    test = parts["test"]
     per_class = pd.DataFrame({"digit": range(10)})
     args.predictions_dir.mkdir(parents=True, exist_ok=True)
     scores = {}
     for name in MODEL_NAMES:
         trained = args.models_dir / name
-        copy_file(trained / HISTORY, args.history_dir / name / HISTORY)
-        copy_file(trained / SUMMARY, args.summaries_dir / f"{name}_summary.txt")
-        # the committed record keeps what decides the bits, not the CPU's model (docs/reproducibility.md)
-        write_json(args.history_dir / name / MACHINE, arithmetic_record(read_json(trained / MACHINE)))
-        logits = predict_logits(load_model(trained / CHECKPOINT), test.images, params.batch_size)
-        scores[name] = score(logits, test.labels)
-        predictions_table(logits, test).to_csv(args.predictions_dir / f"{name}.csv", index=False)
-        per_class[name] = [round(value, 6) for value in per_class_accuracy(logits, test.labels)]
-        print(f"{name}: test accuracy {scores[name]['test_accuracy']:.4f}, test loss {scores[name]['test_loss']:.4f}")
-    write_json(args.metrics, compared_metrics(scores))
+        for small_file, copy in {
+            HISTORY: args.history_dir / name / HISTORY,
+            MACHINE: args.history_dir / name / MACHINE,
+            SUMMARY: args.summaries_dir / f"{name}_summary.txt",
+        }.items():
+            copy_file(trained / small_file, copy)
+        model = load_model(trained / CHECKPOINT)  # the weights training saved, the last epoch's
+        logits = {part: predict_logits(model, split.images, params.batch_size) for part, split in parts.items()}
+        scores[name] = {part: score(logits[part], split.labels) for part, split in parts.items()}
+        predictions_table(logits["test"], test).to_csv(args.predictions_dir / f"{name}.csv", index=False)
+        per_class[name] = [round(value, 6) for value in per_class_accuracy(logits["test"], test.labels)]
+        validation, tested = scores[name]["validation"], scores[name]["test"]
+        print(
+            f"{name}: validation accuracy {validation['accuracy']:.4f} (loss {validation['loss']:.4f}), "
+            f"test accuracy {tested['accuracy']:.4f} (loss {tested['loss']:.4f})"
+        )
+    write_json(args.metrics, compared_metrics(scores), sort_keys=False)
     per_class.to_csv(args.per_class, index=False)
 
 

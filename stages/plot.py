@@ -1,4 +1,7 @@
-"""Stage plot: the lab's figures (accuracy by epoch, a sample digit) and the evaluation's, as PNGs."""
+"""Stage plot: the lab's figures (accuracy by epoch, a sample digit) and the evaluation's, as PNGs.
+
+pandas and matplotlib only: the split is read as numpy arrays, so this stage never imports torch.
+"""
 
 import argparse
 from collections.abc import Sequence
@@ -7,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from mnistlab import plotting
-from mnistlab.data import load_split, training_sample
 from mnistlab.params import MODEL_NAMES
-from mnistlab.stage import run_stage
+from mnistlab.splitfiles import load_arrays, training_sample
+from mnistlab.stage import HISTORY, run_stage
 
 
 def main(argv: Sequence[str]) -> None:
@@ -21,16 +24,18 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("figures_dir", type=Path, help="output: the PNGs")
     args = parser.parse_args(argv)
 
-    histories = {name: pd.read_csv(args.history_dir / name / "metrics.csv") for name in MODEL_NAMES}
-    predictions = {name: pd.read_csv(args.predictions_dir / f"{name}.csv") for name in MODEL_NAMES}
+    # rows in a canonical order, whatever order the files list them in: same inputs, same bytes
+    histories = {name: plotting.by_epoch(pd.read_csv(args.history_dir / name / HISTORY)) for name in MODEL_NAMES}
+    predictions = {name: plotting.by_index(pd.read_csv(args.predictions_dir / f"{name}.csv")) for name in MODEL_NAMES}
+    per_class = pd.read_csv(args.per_class).sort_values("digit", kind="stable")
     sample_image, sample_label = training_sample(args.split_dir, index=0)  # the lab's mnist_train[0]
-    test_images = load_split(args.split_dir / "test.pt").images  # row i is test image i
+    test_images, _, test_indices = load_arrays(args.split_dir / "test")
 
     figures = {
         "accuracy.png": plotting.accuracy_figure(histories),
         "sample_digit.png": plotting.digit_figure(sample_image, sample_label),
-        "misclassified_mlp.png": plotting.misclassified_figure(predictions["mlp"], test_images, "MLP"),
-        "per_class_accuracy.png": plotting.per_class_figure(pd.read_csv(args.per_class)),
+        "misclassified_mlp.png": plotting.misclassified_figure(predictions["mlp"], test_images, test_indices, "MLP"),
+        "per_class_accuracy.png": plotting.per_class_figure(per_class),
         "confusion_matrix.png": plotting.confusion_figure(predictions),
     }
     for name, figure in figures.items():

@@ -13,7 +13,9 @@ from mnistlab.stage import run_stage, write_json
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("root", type=Path, help="torchvision's MNIST root (holds MNIST/raw)")
-    parser.add_argument("split_dir", type=Path, help="output: train.pt, validation.pt, test.pt")
+    parser.add_argument(
+        "split_dir", type=Path, help="output: train/, validation/, test/ (images, labels, indices as .npy)"
+    )
     parser.add_argument("description", type=Path, help="output: the dataset description (JSON)")
     args = parser.parse_args(argv)
     raw = read_params()
@@ -27,7 +29,7 @@ def main(argv: Sequence[str]) -> None:
     test = take(test_images, test_labels)
 
     for name, part in {"train": train, "validation": validation, "test": test}.items():
-        save_split(part, args.split_dir / f"{name}.pt")
+        save_split(part, args.split_dir / name)
     write_json(args.description, describe(train, validation, test))
     print(f"split: {len(train)} train, {len(validation)} validation, {len(test)} test")
 

@@ -81,5 +81,5 @@ def tiny_split_dir(tmp_path: Path) -> Path:
     """data/split as the split stage writes it, with 64/32/32 synthetic samples."""
     folder = tmp_path / "split"
     for name, size in {"train": 64, "validation": 32, "test": 32}.items():
-        save_split(synthetic_split(size, seed=size), folder / f"{name}.pt")
+        save_split(synthetic_split(size, seed=size), folder / name)
     return folder

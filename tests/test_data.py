@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import zipfile
+from dataclasses import astuple
 
 import numpy as np
 import pytest
@@ -14,9 +15,20 @@ from PIL import Image
 from torchvision.transforms import ToTensor
 
 from mnistlab import sources
-from mnistlab.data import Chunks, TensorBatches, read_mnist, save_split, split_indices, take, to_float, training_sample
+from mnistlab.data import (
+    Chunks,
+    TensorBatches,
+    in_index_order,
+    load_split,
+    read_mnist,
+    save_split,
+    split_indices,
+    take,
+    to_float,
+)
 from mnistlab.errors import DataError
 from mnistlab.idx import CANONICAL_MD5, check_canonical, decode_idx, encode_idx
+from mnistlab.splitfiles import load_arrays, training_sample
 
 
 def synthetic_pickle(sizes=(5, 3, 4), seed: int = 0) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -194,9 +206,36 @@ def test_chunks_group_consecutive_batches() -> None:
 def test_training_sample_finds_the_lab_s_first_image_in_either_part(tmp_path) -> None:
     images = torch.arange(4 * 784, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(4, 28, 28)
     labels = torch.tensor([5, 0, 4, 1])
-    save_split(take(images, labels, torch.tensor([2, 3])), tmp_path / "train.pt")
-    save_split(take(images, labels, torch.tensor([1, 0])), tmp_path / "validation.pt")
+    save_split(take(images, labels, torch.tensor([2, 3])), tmp_path / "train")
+    save_split(take(images, labels, torch.tensor([1, 0])), tmp_path / "validation")
     image, label = training_sample(tmp_path, index=0)
-    assert torch.equal(image, images[0]) and label == 5
+    assert np.array_equal(image, images[0].numpy()) and label == 5
     with pytest.raises(DataError, match="no training image with index 9"):
         training_sample(tmp_path, index=9)
+
+
+def test_a_split_part_round_trips_through_npy_and_loads_into_torch_without_a_copy(tmp_path) -> None:
+    split = take(*read_like_mnist(5), torch.tensor([4, 0, 2]))
+    save_split(split, tmp_path / "part")
+    loaded = load_split(tmp_path / "part")
+    assert all(torch.equal(a, b) for a, b in zip(astuple(loaded), astuple(split), strict=True))
+    images, _, _ = load_arrays(tmp_path / "part")  # what the plot stage reads, without torch
+    assert np.array_equal(images, split.images.numpy())
+    assert loaded.images.numpy().base is not None  # a view of the array np.load returned, not a copy
+    in_order = in_index_order(loaded)
+    assert in_order.indices.tolist() == [0, 2, 4] and torch.equal(in_order.images[0], split.images[1])
+
+
+def test_a_missing_or_damaged_split_part_is_one_clear_error(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"images\.npy not found: run the split stage first"):
+        load_split(tmp_path / "train")
+    save_split(take(*read_like_mnist(3)), tmp_path / "train")
+    (tmp_path / "train" / "labels.npy").write_bytes(b"not an array")
+    with pytest.raises(DataError, match="not a split written by the split stage"):
+        load_split(tmp_path / "train")
+
+
+def read_like_mnist(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` uint8 digits and labels, as read_mnist returns them."""
+    images = torch.arange(count * 784, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(count, 28, 28)
+    return images, torch.arange(count, dtype=torch.int64)

@@ -86,7 +86,7 @@ def test_ddp_on_cpu_shards_batches_and_reduces_metrics(tmp_path: Path) -> None:
     """Two gloo processes: each sample once per epoch across ranks; the logged metrics cover both."""
     sizes = {"train": 60, "validation": 22}  # 30 and 11 per rank: batches of 8 and 4 end short
     for name, size in sizes.items():
-        save_split(numbered_split(size, seed=size), tmp_path / "split" / f"{name}.pt")
+        save_split(numbered_split(size, seed=size), tmp_path / "split" / name)
     result = run([sys.executable, "-m", "tests.ddp_probe", str(tmp_path / "split"), str(tmp_path / "out")], ROOT)
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr  # Lightning started rank 1
 

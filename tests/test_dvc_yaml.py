@@ -37,6 +37,8 @@ def test_deps_list_exactly_the_library_files_a_stage_imports(stage: str) -> None
     assert listed == imported
     assert ("pytorch_lightning" in modules) == (stage in TRAINING), "only training stages may import Lightning"
     assert ("torchmetrics" in modules) == (stage in TRAINING), "torchmetrics costs as much start-up as Lightning"
+    computes = TRAINING | {"split", "evaluate"}  # the split draws torch's permutation; evaluate runs the networks
+    assert ("torch" in modules) == (stage in computes), "a stage that computes nothing with torch must not import it"
 
 
 def test_params_keys_exist_and_are_the_ones_each_stage_reads() -> None:
@@ -65,7 +67,7 @@ def test_results_are_git_outputs_and_data_stays_in_the_cache() -> None:
 def test_the_dataset_description_is_versioned_but_not_a_metric() -> None:
     """`dvc metrics show` lists what runs are compared by; class counts are a committed output instead."""
     metrics = [next(iter(m)) if isinstance(m, dict) else m for s in STAGES.values() for m in s.get("metrics", [])]
-    assert metrics == ["metrics/test.json"]
+    assert metrics == ["metrics/metrics.json"]
     split_outs = [next(iter(o)) if isinstance(o, dict) else o for o in STAGES["split"]["outs"]]
     assert "data/description.json" in split_outs
     assert (ROOT / "data/description.json").is_file()

@@ -46,7 +46,7 @@ def experiments(project: Path) -> dict[str, dict]:
 
 def accuracy(experiment: dict, model: str) -> float:
     """A model's test accuracy in one experiment of ``experiments()``."""
-    return experiment["metrics"]["metrics/test.json"]["acc"][model]
+    return experiment["metrics"]["metrics/metrics.json"]["acc"][model]
 
 
 def wait_for_queue(project: Path, timeout_s: float = 900) -> str:
@@ -120,15 +120,15 @@ def test_experiments_run_show_queue_apply_branch(make_project) -> None:
 
     dvc(project, "exp", "apply", "mlr-lr002")
     assert yaml.safe_load((project / "params.yaml").read_text())["train_mlr"]["learning_rate"] == 0.002
-    applied = json.loads((project / "metrics/test.json").read_text())
-    assert applied == shown["mlr-lr002"]["metrics"]["metrics/test.json"]
+    applied = json.loads((project / "metrics/metrics.json").read_text())
+    assert applied == shown["mlr-lr002"]["metrics"]["metrics/metrics.json"]
     assert ran(dvc(project, "repro").stdout) == []  # the workspace now is that experiment, outputs included
 
     dvc(project, "exp", "branch", "mlr-lr003", "lr003")
     branch_params = yaml.safe_load(git(project, "show", "lr003:params.yaml"))
     assert branch_params["train_mlr"]["learning_rate"] == 0.003
-    branch_metrics = json.loads(git(project, "show", "lr003:metrics/test.json"))
-    assert branch_metrics == shown["mlr-lr003"]["metrics"]["metrics/test.json"]
+    branch_metrics = json.loads(git(project, "show", "lr003:metrics/metrics.json"))
+    assert branch_metrics == shown["mlr-lr003"]["metrics"]["metrics/metrics.json"]
 
 
 @pytest.fixture
@@ -177,8 +177,8 @@ def test_branches_compare_and_remotes_round_trip(make_project, tmp_path: Path, s
     clone = clone_and_check_out(project, tmp_path / "clone", "lower-lr")
     assert not (clone / ".dvc/cache").exists()
     metrics = json.loads(dvc(clone, "metrics", "diff", "main", "--json").stdout)
-    assert metrics["metrics/test.json"]["acc.mlr"]["diff"] != 0
-    assert "acc.mlp" not in metrics["metrics/test.json"]  # the MLP was not retrained
+    assert metrics["metrics/metrics.json"]["acc.mlr"]["diff"] != 0
+    assert "acc.mlp" not in metrics["metrics/metrics.json"]  # the MLP was not retrained
     params = json.loads(dvc(clone, "params", "diff", "main", "--json").stdout)
     changed = params["params.yaml"]
     assert list(changed) == ["train_mlr.learning_rate"]

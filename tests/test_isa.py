@@ -62,7 +62,7 @@ def test_quick_report_holds_and_identical_means_identical_in_a_fresh_process(tmp
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (600, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (600,), generator=generator)
-    train = tmp_path / "train.pt"
+    train = tmp_path / "train"
     save_split(Split(images, labels, torch.arange(600)), train)
     report_path = tmp_path / "isa.json"
     command = [sys.executable, "-m", "bench.isa", "--quick", "--train", str(train), "--json", str(report_path)]

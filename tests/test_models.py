@@ -122,7 +122,7 @@ def test_train_loss_is_the_mean_over_samples_not_over_batches(tiny_split_dir, tm
     # lr 0: the weights stay (model_construct: params.yaml's check would refuse it, rightly)
     params = TrainParams.model_construct(epochs=1, learning_rate=0.0, batch_size=24, eval_batch_size=32)
     _, system = fit("mlr", params, TRAINER, 3, tiny_split_dir, None)
-    split = load_split(tiny_split_dir / "train.pt")
+    split = load_split(tiny_split_dir / "train")
     batches = TensorBatches(split.images, split.labels, 24, shuffle=True, seed=3)
     losses = [(system.loss(system.model(x), y).item(), len(y)) for x, y in batches]
     assert [n for _, n in losses] == [24, 24, 16]

@@ -8,6 +8,7 @@ import yaml
 from mnistlab.errors import ParamsError
 from mnistlab.params import (
     DownloadParams,
+    MLPTrainParams,
     SplitParams,
     TrainerParams,
     TrainParams,
@@ -25,22 +26,26 @@ def test_the_committed_params_are_valid() -> None:
     validate_all(PARAMS)
     assert seed(PARAMS) == 0
     assert parse_section(SplitParams, PARAMS, "split").validation_fraction == 0.2
-    assert parse_section(TrainParams, PARAMS, "train_mlp").epochs == 30
+    mlp = parse_section(MLPTrainParams, PARAMS, "train_mlp")
+    assert mlp.epochs == 30 and mlp.model_options() == {"dropout1": 0.4, "dropout2": 0.3}  # the lab's rates
+    assert parse_section(TrainParams, PARAMS, "train_mlr").model_options() == {}
 
 
 def test_yaml_1_1_exponent_strings_are_read_as_numbers() -> None:
     raw = copy.deepcopy(PARAMS)
     raw["train_mlp"]["learning_rate"] = "1e-3"  # PyYAML reads 1e-3 (no dot) as a string
-    assert parse_section(TrainParams, raw, "train_mlp").learning_rate == 0.001
+    assert parse_section(MLPTrainParams, raw, "train_mlp").learning_rate == 0.001
 
 
 BAD_VALUES = [
     ("split", "validation_fraction", 0, SplitParams, "a number in (0.0, 1.0)"),
     ("split", "validation_fraction", 1.0, SplitParams, "a number in (0.0, 1.0)"),
     ("split", "validation_fraction", "a fifth", SplitParams, "a number in (0.0, 1.0)"),
-    ("train_mlp", "epochs", 0, TrainParams, "an integer >= 1"),
-    ("train_mlp", "epochs", 2.5, TrainParams, "an integer >= 1"),
-    ("train_mlp", "epochs", True, TrainParams, "an integer >= 1"),
+    ("train_mlp", "epochs", 0, MLPTrainParams, "an integer >= 1"),
+    ("train_mlp", "epochs", 2.5, MLPTrainParams, "an integer >= 1"),
+    ("train_mlp", "epochs", True, MLPTrainParams, "an integer >= 1"),
+    ("train_mlp", "dropout1", 1.0, MLPTrainParams, "a number in [0, 1)"),
+    ("train_mlp", "dropout2", -0.1, MLPTrainParams, "a number in [0, 1)"),
     ("train_mlr", "learning_rate", -0.1, TrainParams, "a number in (0.0, inf)"),
     ("train_mlr", "batch_size", "256", TrainParams, "an integer >= 1"),
     ("download", "sources", ["ftp"], DownloadParams, "torchvision, pypi or dir:PATH"),

@@ -23,7 +23,7 @@ def test_repro_rerun_change_and_compare(make_project) -> None:
     assert sorted(p.name for p in (project / "data/MNIST/raw").iterdir()) == sorted(
         ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     )
-    metrics = json.loads((project / "metrics/test.json").read_text())
+    metrics = json.loads((project / "metrics/metrics.json").read_text())
     for model in ["mlp", "mlr"]:
         assert 0.5 < metrics["acc"][model] <= 1 and metrics["loss"][model] > 0
     assert json.loads((project / "data/description.json").read_text())["train"]["samples"] == 48_000
@@ -54,8 +54,8 @@ def test_repro_rerun_change_and_compare(make_project) -> None:
     git(project, "commit", "-qam", "mlr: 2 epochs")
 
     diff = json.loads(dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
-    assert diff["metrics/test.json"]["acc.mlr"]["diff"] != 0
-    assert "acc.mlp" not in diff["metrics/test.json"]  # the MLP was not retrained
+    assert diff["metrics/metrics.json"]["acc.mlr"]["diff"] != 0
+    assert "acc.mlp" not in diff["metrics/metrics.json"]  # the MLP was not retrained
     params = json.loads(dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json").stdout)
     assert params["params.yaml"]["train_mlr.epochs"] | {"diff": None} == {"old": 1, "new": 2, "diff": None}
 

@@ -124,7 +124,7 @@ def checkpoint(mnist_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     split_dir = tmp_path_factory.mktemp("split")
     train, validation = split_indices(len(labels), 0.2, seed=0)
     for name, indices in {"train": train, "validation": validation}.items():
-        save_split(Split(images[indices].clone(), labels[indices].long(), indices), split_dir / f"{name}.pt")
+        save_split(Split(images[indices].clone(), labels[indices].long(), indices), split_dir / name)
     params = TrainParams(epochs=5, learning_rate=0.01, batch_size=256, eval_batch_size=12_000)
     trainer, _ = fit("mlp", params, TRAINER, 0, split_dir, None)
     path = split_dir.parent / "mlp.ckpt"

@@ -155,5 +155,5 @@ def test_killed_training_reruns_to_a_complete_result(make_project) -> None:
     assert history[["train_loss", "valid_loss", "valid_accuracy"]].notna().all().all()
     saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert saved["epoch"] == epochs and saved["global_step"] == epochs * 188  # epochs done; 48,000 / 256
-    assert (project / "metrics/test.json").is_file() and (project / "plots/figures/accuracy.png").is_file()
+    assert (project / "metrics/metrics.json").is_file() and (project / "plots/figures/accuracy.png").is_file()
     assert not list(project.glob("models/*/.*.partial"))

@@ -26,7 +26,7 @@ def real_split(mnist_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     folder = tmp_path_factory.mktemp("split")
     for name, part in {"train": slice(0, 6144), "validation": slice(6144, 8144)}.items():
         indices = torch.arange(60_000)[part]
-        save_split(Split(images[part].clone(), labels[part].long(), indices), folder / f"{name}.pt")
+        save_split(Split(images[part].clone(), labels[part].long(), indices), folder / name)
     return folder
 
 
@@ -149,10 +149,10 @@ SPREAD = {
 
 
 def results(accuracy: float, machine: dict, train_loss: float = 1.0) -> dict[str, str]:
-    metrics = {"acc": {"mlp": accuracy, "mlr": 0.92}, "loss": {"mlp": 0.15, "mlr": 0.3}}
+    metrics = {"test_acc": {"mlp": accuracy, "mlr": 0.92}, "test_loss": {"mlp": 0.15, "mlr": 0.3}}
     history = f"epoch,train_loss,valid_accuracy,valid_loss\n0,{train_loss},0.97,0.12\n"
     return {
-        "metrics/test.json": json.dumps(metrics),
+        "metrics/metrics.json": json.dumps(metrics),
         "plots/history/mlp/metrics.csv": history,
         "plots/predictions/mlp.csv": f"index,predicted\n0,{int(accuracy * 1e4)}\n",
         "plots/history/mlp/machine.json": json.dumps(machine),

@@ -168,9 +168,9 @@ STAGE_ARGS = {
     "train_mlp": ["data/split", f"{OUT}/mlp"],
     "train_mlr": ["data/split", f"{OUT}/mlr"],
     "evaluate": [
-        "data/split/test.pt",
+        "data/split",
         "models",
-        f"{OUT}/test.json",
+        f"{OUT}/metrics.json",
         OUT,
         f"{OUT}/history",
         f"{OUT}/predictions",
