@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from mnistlab.data import TensorBatches, load_split
+from mnistlab.errors import TrainingError
 from mnistlab.evaluation import load_model, predict_logits
 from mnistlab.models import build_model, summarize
-from mnistlab.params import TrainerParams, TrainParams
+from mnistlab.params import MLPTrainParams, TrainerParams, TrainParams
 from mnistlab.training import fit, save_checkpoint
 
 TRAINER = TrainerParams(accelerator="cpu", devices=1, strategy="auto", num_nodes=1, precision="32-true")
@@ -131,3 +132,22 @@ def test_train_loss_is_the_mean_over_samples_not_over_batches(tiny_split_dir, tm
     assert float(system.trainer.callback_metrics["train_loss"]) != pytest.approx(
         sum(loss for loss, _ in losses) / 3, rel=1e-6
     )
+
+
+def test_a_diverging_fit_is_one_clear_error(tiny_split_dir) -> None:
+    """A learning rate that blows the loss up fails the stage (and so a tuning trial) instead of saving NaN weights."""
+    diverging = TrainParams(epochs=2, learning_rate=1e36, batch_size=16, eval_batch_size=32)
+    with pytest.raises(
+        TrainingError,
+        match=r"training diverged: train_loss is nan in epoch 2 with learning_rate 1e\+36: lower the learning",
+    ):
+        fit("mlr", diverging, TRAINER, 0, tiny_split_dir, None)
+
+
+def test_the_mlp_s_dropout_rates_come_from_its_params_and_survive_the_checkpoint(tiny_split_dir, tmp_path) -> None:
+    params = MLPTrainParams(epochs=1, learning_rate=0.01, batch_size=16, eval_batch_size=32, dropout1=0.1, dropout2=0.0)
+    trainer, system = fit("mlp", params, TRAINER, 0, tiny_split_dir, None)
+    assert [m.p for m in system.model.modules() if isinstance(m, torch.nn.Dropout)] == [0.1, 0.0]
+    save_checkpoint(trainer, tmp_path / "mlp.ckpt")
+    loaded = load_model(tmp_path / "mlp.ckpt")
+    assert [m.p for m in loaded.modules() if isinstance(m, torch.nn.Dropout)] == [0.1, 0.0]
