@@ -19,7 +19,7 @@ from bench.common import (
     stage_summary,
     summarize_runs,
 )
-from bench.experiment import dvc_own_seconds, fit_seconds, process_times, summarize
+from bench.experiment import dvc_own_seconds, fit_seconds, own_time_by_package, process_times, summarize
 from bench.gpu import largest_difference
 from bench.lab import DEPS, lab_seconds
 from bench.pipeline import RUNNING_STAGE, split_by_stage
@@ -142,6 +142,25 @@ def test_experiment_times_stage_processes_and_what_dvc_adds() -> None:
     assert summary["wall_s"] == 31.0 and summary["dvc_own_s"] == 13.0 and summary["fit_all_s"] == 2.0
     assert summary["stages"]["evaluate"] == {"startup_s": 3.0, "process_s": 5.0}
     assert summary["stages"]["plot"]["startup_s"] is None
+
+
+def test_dvcs_profile_is_own_time_per_package_with_the_wait_apart() -> None:
+    site = "/venv/lib/python3.11/site-packages"
+    stats = {  # pstats' (file, line, function) -> (calls, primitive calls, tottime, cumtime, callers)
+        (f"{site}/dvc/repo/index.py", 1, "from_repo"): (1, 1, 0.5, 3.0, {}),
+        (f"{site}/dvc/dvcfile.py", 9, "dump"): (1, 1, 0.25, 1.0, {}),
+        (f"{site}/yaml/scanner.py", 5, "scan_plain"): (9, 9, 2.0, 2.0, {}),
+        ("~", 0, "<built-in method posix.waitpid>"): (3, 3, 20.0, 20.0, {}),
+        ("~", 0, "<built-in method io.open>"): (3, 3, 0.125, 0.125, {}),
+        ("/usr/lib/python3.11/json/decoder.py", 3, "decode"): (1, 1, 0.0625, 0.0625, {}),
+    }
+    assert own_time_by_package(stats) == {
+        "waiting for the stages (waitpid)": 20.0,
+        "yaml": 2.0,
+        "dvc": 0.75,
+        "built-in": 0.125,
+        "stdlib": 0.0625,
+    }
 
 
 def test_largest_difference_of_final_history_rows() -> None:
