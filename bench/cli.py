@@ -9,6 +9,8 @@ CPU (`make bench`, ``python -m bench``):
 5. What bounds a CPU step, under torch.profiler (bench/step_profile.py).
 6. What MKL's strict mode (thread-invariant bits) costs: our fit with it and without (bench/strict_mode.py).
 7. What ATen's AVX2 kernels (one result on AVX2 and AVX-512 CPUs) cost on AVX-512 (bench/kernels.py).
+8. One experiment: `dvc exp run -S train_mlr.epochs=1` from a reproduced baseline, its stages' start-up,
+   DVC's own share, the run-cache, a queued experiment (bench/experiment.py).
 
 GPU (`make bench-gpu`, ``python3 -m bench --gpu``): our fits, the plain loop, the graph path (eager vs
 CUDA graphs) and each stage as ``python -m stages.<name>`` without DVC (bench/gpu.py,
@@ -19,6 +21,7 @@ Usage (from the project root):
     python -m bench --quick                # a smoke test: 1 epoch, 1 repeat, 1-epoch pipeline
     python3 -m bench --gpu                 # the GPU table, 30 epochs
     python -m bench --gpu --accelerator cpu --quick   # the GPU table's code, on a CPU
+    python -m bench --only experiment --mnist-raw /path/to/raw   # item 8 alone, into results.json's "experiment"
 """
 
 import argparse
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench import gpu, kernels, lab, overhead, pipeline, stage_times, startup, step_profile, strict_mode
+from bench import experiment, gpu, kernels, lab, overhead, pipeline, stage_times, startup, step_profile, strict_mode
 from bench.common import extrapolate, machine, quiet_lightning, resolve_device, stage_commands, stage_env, synchronize
 from mnistlab.params import (
     MODEL_NAMES,
@@ -66,6 +69,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-profile", action="store_true", help="leave out item 5 (CPU only)")
     parser.add_argument("--skip-strict", action="store_true", help="leave out item 6 (CPU only)")
     parser.add_argument("--skip-kernels", action="store_true", help="leave out item 7 (CPU only)")
+    parser.add_argument(
+        "--skip-experiment", action="store_true", help="leave out item 8 (CPU only; --quick leaves it out)"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["experiment"],
+        help="run this item alone; its key replaces that of the JSON, the rest is kept",
+    )
+    parser.add_argument("--mnist-raw", type=Path, help="the four MNIST files (default: DATA_ROOT/MNIST/raw)")
+    parser.add_argument(
+        "--experiment-repeats", type=int, help="real runs of item 8's experiment (default 3; --quick 1)"
+    )
     parser.add_argument("--skip-stages", action="store_true", help="--gpu: leave out the stage times")
     parser.add_argument("--profile-steps", type=int, help="steps per model in item 5 (default 100; --quick: 20)")
     parser.add_argument("--json", type=Path, help="where the JSON goes (bench/results.json; --gpu: results_gpu.json)")
@@ -74,6 +89,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.quick or args.gpu else 3)
     args.startup_repeats = args.startup_repeats or (1 if args.quick else 5)
     args.profile_steps = args.profile_steps or (20 if args.quick else 100)
+    args.experiment_repeats = args.experiment_repeats or (1 if args.quick else 3)
     args.json = args.json or Path("bench/results_gpu.json" if args.gpu else "bench/results.json")
     if args.quick and args.pipeline_epochs is None:
         args.pipeline_epochs = 1
@@ -97,7 +113,7 @@ def main(argv: Sequence[str]) -> None:
         name: parse_section(TrainParams, raw, train_section(name)).model_copy(update={"epochs": args.epochs})
         for name in args.models
     }
-    raw_dir = args.data_root / "MNIST" / "raw"
+    raw_dir = args.mnist_raw or args.data_root / "MNIST" / "raw"
     if not (raw_dir / "train-images-idx3-ubyte").exists():
         raise SystemExit(f"bench: no MNIST in {raw_dir}: run the download stage (make repro), or pass --data-root")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -110,11 +126,19 @@ def main(argv: Sequence[str]) -> None:
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     report: dict = {"machine": machine(device), "settings": settings}
     print("machine: " + ", ".join(f"{key} {value}" for key, value in report["machine"].items()), flush=True)
-    if args.gpu:
+    machine_figures = report["machine"]
+    if args.only:  # one item, under its key in the JSON, with the machine and settings it ran with
+        report[args.only] = measure_experiment(args, trainer, raw_dir) | {
+            "machine": machine_figures,
+            "settings": settings,
+        }
+        sections = [experiment.render(report[args.only])]
+        report = (json.loads(args.json.read_text()) if args.json.exists() else {}) | {args.only: report[args.only]}
+    elif args.gpu:
         sections = gpu_report(args, report, params, trainer, run_seed, raw_dir, device)
     else:
         sections = cpu_report(args, report, params, trainer, run_seed, raw_dir, device)
-    print("\n" + "\n\n".join([machine_line(report["machine"]), *sections]))
+    print("\n" + "\n\n".join([machine_line(machine_figures), *sections]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON: {args.json}")
@@ -204,7 +228,17 @@ def cpu_report(
         print("ATen's AVX2 and AVX-512 kernels:", flush=True)
         report["kernels"] = kernels.measure(args.models, args.epochs, args.repeats, split_dir, args.threads)
         sections.append(kernels.render(report["kernels"]))
+    if not (args.skip_experiment or args.quick) and device.type == "cpu":
+        report["experiment"] = measure_experiment(args, trainer, raw_dir)
+        sections.append(experiment.render(report["experiment"]))
     return sections
+
+
+def measure_experiment(args: argparse.Namespace, trainer: TrainerParams, raw_dir: Path) -> dict:
+    """Item 8 (not in --quick but with --only); --quick: a 2-epoch baseline, so that 1 epoch changes something."""
+    print("one experiment (dvc exp run in a temporary copy):", flush=True)
+    epochs = 2 if args.quick else args.pipeline_epochs
+    return experiment.measure(raw_dir, trainer.accelerator, stage_env(args.threads), args.experiment_repeats, epochs)
 
 
 if __name__ == "__main__":

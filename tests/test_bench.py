@@ -19,9 +19,11 @@ from bench.common import (
     stage_summary,
     summarize_runs,
 )
+from bench.experiment import dvc_own_seconds, fit_seconds, own_time_by_package, process_times, summarize
 from bench.gpu import largest_difference
 from bench.lab import DEPS, lab_seconds
 from bench.pipeline import RUNNING_STAGE, split_by_stage
+from bench.stage_clock.sitecustomize import is_relative, stage_of, started_at
 from mnistlab.workspace import ROOT, venv_env
 
 # A machine without DVC and torchinfo, as `make bench-gpu` must work on: an import hook, loaded at
@@ -105,6 +107,60 @@ def test_lab_extrapolation_adds_median_epochs_to_what_was_measured() -> None:
     assert extrapolate(summary, 30) == pytest.approx(10.0 + 27 * 3.0)
     lab = {"data_s": 1.0, "models": {"mlp": summary | {"test_s": 0.5}}}
     assert lab_seconds(lab, {"mlp": 30}) == pytest.approx(1.0 + 91.0 + 0.5)
+
+
+def test_stage_clock_knows_a_stage_process_and_its_start() -> None:
+    assert stage_of(["/venv/bin/python", "-m", "stages.train_mlr", "data/split", "models/mlr"]) == "train_mlr"
+    assert stage_of(["/venv/bin/python", "-m", "dvc", "exp", "run"]) is None
+    assert stage_of(["python", "-c", "pass"]) is None
+    assert stage_of(["python", "-m"]) is None
+    # /proc/<pid>/stat: the name in parentheses may hold spaces and ")"; field 22 is the start in ticks
+    stat = "4242 (python (a) b) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 123450 99 0"
+    assert started_at(stat, 100) == pytest.approx(1234.5)
+    assert is_relative("params.yaml") and is_relative(Path("data/split/test.pt"))
+    assert not is_relative("/venv/lib/python3.11/site-packages/torch/__init__.py") and not is_relative(3)
+
+
+def test_experiment_times_stage_processes_and_what_dvc_adds() -> None:
+    records = [
+        {"stage": "evaluate", "start": 20.0, "first_read": 23.0, "end": 25.0},
+        {"stage": "train_mlr", "start": 2.0, "first_read": 10.0, "end": 14.0},
+        {"stage": "plot", "start": 27.0, "first_read": None, "end": 28.0},  # read nothing
+    ]
+    processes = process_times(records)
+    assert list(processes) == ["train_mlr", "evaluate", "plot"]  # in the order they ran
+    assert processes["train_mlr"]["startup_s"] == 8.0 and processes["train_mlr"]["process_s"] == 12.0
+    assert processes["plot"]["startup_s"] is None
+    assert dvc_own_seconds(30.0, processes) == pytest.approx(30.0 - 12.0 - 5.0 - 1.0)
+    assert fit_seconds("epoch 1/1\nfit: 1.25 s in epochs, 2.50 s in all\n") == {"epochs_s": 1.25, "all_s": 2.5}
+    assert fit_seconds("no fit here") is None
+    runs = [
+        {"wall_s": wall, "fit": {"epochs_s": 1.0, "all_s": 2.0}, "processes": processes, "dvc_own_s": wall - 18.0}
+        for wall in (30.0, 40.0, 31.0)
+    ]
+    summary = summarize(runs)
+    assert summary["wall_s"] == 31.0 and summary["dvc_own_s"] == 13.0 and summary["fit_all_s"] == 2.0
+    assert summary["stages"]["evaluate"] == {"startup_s": 3.0, "process_s": 5.0}
+    assert summary["stages"]["plot"]["startup_s"] is None
+
+
+def test_dvcs_profile_is_own_time_per_package_with_the_wait_apart() -> None:
+    site = "/venv/lib/python3.11/site-packages"
+    stats = {  # pstats' (file, line, function) -> (calls, primitive calls, tottime, cumtime, callers)
+        (f"{site}/dvc/repo/index.py", 1, "from_repo"): (1, 1, 0.5, 3.0, {}),
+        (f"{site}/dvc/dvcfile.py", 9, "dump"): (1, 1, 0.25, 1.0, {}),
+        (f"{site}/yaml/scanner.py", 5, "scan_plain"): (9, 9, 2.0, 2.0, {}),
+        ("~", 0, "<built-in method posix.waitpid>"): (3, 3, 20.0, 20.0, {}),
+        ("~", 0, "<built-in method io.open>"): (3, 3, 0.125, 0.125, {}),
+        ("/usr/lib/python3.11/json/decoder.py", 3, "decode"): (1, 1, 0.0625, 0.0625, {}),
+    }
+    assert own_time_by_package(stats) == {
+        "waiting for the stages (waitpid)": 20.0,
+        "yaml": 2.0,
+        "dvc": 0.75,
+        "built-in": 0.125,
+        "stdlib": 0.0625,
+    }
 
 
 def test_largest_difference_of_final_history_rows() -> None:
