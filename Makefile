@@ -37,7 +37,7 @@ test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI 
 test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)
 	$(PYTHON) -m pytest -m "not slow"
 
-report: $(STAMP) ## every experiment of HEAD on one offline page: reports/experiments.html [SORT=acc.mlr] [REV=commit]
+report: $(STAMP) ## every experiment of HEAD on one offline page: reports/experiments.html [SORT=val_acc.mlr] [REV=commit]
 	@$(MAKE) --no-print-directory $(VEGA)
 	$(PYTHON) -m mnistlab.report reports/experiments.html $(if $(SORT),--sort-by $(SORT)) $(if $(REV),--rev $(REV))
 

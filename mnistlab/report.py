@@ -5,13 +5,19 @@ experiments, their params and metrics; each experiment's committed history and p
 from its git commit (``git show <rev>:plots/...``). The page inlines vega, vega-lite and vega-embed
 from html/vendor/ (installed by `make`), so it opens without a network.
 
-    python -m mnistlab.report reports/experiments.html [--sort-by acc.mlr] [--rev COMMIT]
+The best run per model is chosen by validation accuracy (``val_acc.<model>``), and its test accuracy
+is shown beside it: the test set is looked at once, for what was chosen (ISLP ch. 5). Experiments
+named ``<study>-NNN`` are the trials of a tuning study (`make tune`): one chart per study shows
+each trial's validation accuracy and the best so far.
+
+    python -m mnistlab.report reports/experiments.html [--sort-by val_acc.mlr] [--rev COMMIT]
 """
 
 import argparse
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -28,6 +34,13 @@ from mnistlab.stage import METRICS_FILE
 VENDOR = Path("html/vendor")  # relative: run from the project root, as the stages are
 VEGA_SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 MAX_DIGITS = 24  # per side of the best-vs-baseline comparison
+TRIAL_NAME = re.compile(r"^(?P<study>.+)-(?P<trial>\d{3,})$")  # make tune's experiments: tune-mlp-007
+WHY_VALIDATION = (
+    "The best run per model is the one with the highest validation accuracy, and its test accuracy is shown"
+    " beside it: the test set is looked at once, for the run already chosen, because a run picked by its"
+    " test accuracy would have been fitted to those test images and its test number would be optimistic"
+    " (ISLP, chapter 5)."
+)
 
 
 @dataclass
@@ -37,12 +50,12 @@ class Run:
     name: str
     rev: str
     params: dict
-    metrics: dict[str, float]  # acc.mlp, loss.mlp, acc.mlr, loss.mlr
+    metrics: dict[str, float]  # val_acc.mlp, val_acc.mlr, test_acc.mlp, ..., test_loss.mlr (the file's order)
     baseline: bool = False
 
 
 def flatten(tree: dict) -> dict:
-    """Nested keys joined by dots, as DVC names its columns (``train_mlr.learning_rate``, ``acc.mlp``)."""
+    """Nested keys joined by dots, as DVC names its columns (``train_mlr.learning_rate``, ``val_acc.mlp``)."""
     return pd.json_normalize(tree).iloc[0].to_dict() if tree else {}
 
 
@@ -73,18 +86,19 @@ def collect_runs(exp_show: list[dict]) -> list[Run]:
 
 
 def experiment_table(runs: list[Run], sort_by: str) -> pd.DataFrame:
-    """Params that differ from the baseline, each model's test metrics, best first, the best per model marked."""
+    """Each run's metrics (validation first, as in the metrics file), then the params that differ from
+    the baseline; sorted by ``sort_by``, best first; the best run per model (by validation) marked."""
     base = next(run for run in runs if run.baseline)
     changed = sorted({key for run in runs for key, value in run.params.items() if base.params.get(key) != value})
     rows = []
     for run in runs:
         row = {"experiment": run.name + (" (baseline)" if run.baseline else "")}
-        row |= {key: run.params.get(key) for key in changed} | run.metrics
+        row |= run.metrics | {key: run.params.get(key) for key in changed}
         rows.append(row)
     table = pd.DataFrame(rows)
     if sort_by not in table:
         raise PipelineError(f"--sort-by {sort_by}: not a metric or param here (have: {', '.join(table.columns[1:])})")
-    table = table.sort_values(sort_by, ascending=sort_by.startswith("loss."), kind="stable")
+    table = table.sort_values(sort_by, ascending=sort_by.split(".")[0].endswith("loss"), kind="stable")
     for model in MODEL_NAMES:
         best = runs.index(best_run(runs, model))
         table.loc[best, "experiment"] += f" ★ best {model}"
@@ -92,8 +106,136 @@ def experiment_table(runs: list[Run], sort_by: str) -> pd.DataFrame:
 
 
 def best_run(runs: list[Run], model: str) -> Run:
-    """The most accurate run for ``model``; the baseline where nothing beats it."""
-    return max(runs, key=lambda run: (run.metrics[f"acc.{model}"], run.baseline))
+    """The run with the highest validation accuracy for ``model``; on a tie the baseline, then the first listed.
+
+    Never the test accuracy: that is reported for the run chosen here, once (``WHY_VALIDATION``).
+    """
+    ranked = max(enumerate(runs), key=lambda item: (item[1].metrics[f"val_acc.{model}"], item[1].baseline, -item[0]))
+    return ranked[1]
+
+
+def chosen_runs(runs: list[Run]) -> pd.DataFrame:
+    """Per model, the run chosen on validation, its validation accuracy and, beside it, its test accuracy."""
+    rows = []
+    for model in MODEL_NAMES:
+        best = best_run(runs, model)
+        rows.append(
+            {
+                "model": model,
+                "best run (by validation accuracy)": best.name,
+                "validation accuracy": best.metrics[f"val_acc.{model}"],
+                "test accuracy": best.metrics[f"test_acc.{model}"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def default_sort(runs: list[Run]) -> str:
+    """The validation accuracy of the model the experiments changed most (the MLP's on a tie)."""
+    spreads = {}
+    for model in MODEL_NAMES:
+        values = [run.metrics[f"val_acc.{model}"] for run in runs]
+        spreads[f"val_acc.{model}"] = max(values) - min(values)
+    return max(spreads, key=spreads.get)
+
+
+def study_trials(exp_show: list[dict]) -> pd.DataFrame:
+    """The experiments named ``<study>-NNN`` (tuning trials): study, trial number, experiment and each
+    model's validation accuracy, NaN for a trial without metrics (failed, pruned or still queued)."""
+    rows = []
+    for commit in exp_show:
+        if commit["rev"] == "workspace":
+            continue
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment.get("revs") or []:
+                name = revision.get("name") or experiment.get("name") or ""
+                if not (match := TRIAL_NAME.match(name)):
+                    continue
+                run = _run(revision, name)
+                row = {"study": match["study"], "trial": int(match["trial"]), "experiment": name}
+                for model in MODEL_NAMES:
+                    row[f"val_acc.{model}"] = run.metrics.get(f"val_acc.{model}") if run else None
+                rows.append(row)
+    columns = ["study", "trial", "experiment", *(f"val_acc.{model}" for model in MODEL_NAMES)]
+    trials = pd.DataFrame(rows, columns=columns).astype({f"val_acc.{model}": float for model in MODEL_NAMES})
+    return trials.sort_values(["study", "trial", "experiment"], kind="stable").reset_index(drop=True)
+
+
+def study_model(study: str, trials: pd.DataFrame) -> str:
+    """The model a study tunes: named in the study (``tune-mlp``), else the one whose validation accuracy varies."""
+    named = [model for model in MODEL_NAMES if model in study.split("-")]
+    if len(named) == 1:
+        return named[0]
+    spreads = {model: trials[f"val_acc.{model}"].max() - trials[f"val_acc.{model}"].min() for model in MODEL_NAMES}
+    return max(MODEL_NAMES, key=lambda model: spreads[model] if pd.notna(spreads[model]) else -1.0)
+
+
+def best_so_far(trials: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One study's trials by number: trial, experiment, val_acc and the best val_acc up to that trial."""
+    ordered = trials.sort_values("trial", kind="stable")
+    accuracy = ordered[f"val_acc.{model}"]
+    return pd.DataFrame(
+        {
+            "trial": ordered["trial"].to_numpy(),
+            "experiment": ordered["experiment"].to_numpy(),
+            "val_acc": accuracy.to_numpy(),
+            "best_so_far": accuracy.cummax().ffill().to_numpy(),  # a trial without metrics keeps the best
+        }
+    )
+
+
+def trial_chart(study: str, trials: pd.DataFrame) -> dict:
+    """Vega-lite: a study's validation accuracy by trial (points) and the best so far (a step line)."""
+    model = study_model(study, trials)
+    progress = best_so_far(trials, model)
+    missing = progress.trial[progress.val_acc.isna()].tolist()
+    subtitle = "points: each trial; line: the best so far"
+    if missing:
+        subtitle += f"; no metrics (failed or pruned): trial {', '.join(map(str, missing))}"
+    values = progress.astype(object).where(progress.notna(), None).to_dict("records")  # NaN is not JSON
+    x = {"field": "trial", "type": "quantitative", "axis": {"tickMinStep": 1}}
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": {"text": f"{study}: {model.upper()} validation accuracy by trial", "subtitle": subtitle},
+        "width": 460,
+        "height": 280,
+        "data": {"values": values},
+        "layer": [
+            {
+                "mark": {"type": "line", "interpolate": "step-after", "color": "#d62728"},
+                "encoding": {
+                    "x": x,
+                    "y": {"field": "best_so_far", "type": "quantitative", "scale": {"zero": False}},
+                },
+            },
+            {
+                "mark": {"type": "point", "filled": True},
+                "encoding": {
+                    "x": x,
+                    "y": {
+                        "field": "val_acc",
+                        "type": "quantitative",
+                        "title": f"val_acc.{model}",
+                        "scale": {"zero": False},
+                    },
+                    "tooltip": [{"field": "experiment"}, {"field": "val_acc", "format": ".4f"}],
+                },
+            },
+        ],
+    }
+
+
+def study_section(exp_show: list[dict]) -> tuple[str, dict[str, dict]]:
+    """HTML and chart specs for the tuning studies: one chart per study; nothing when there is none."""
+    trials = study_trials(exp_show)
+    if trials.empty:
+        return "", {}
+    specs = {
+        f"trials_{number}": trial_chart(study, group)
+        for number, (study, group) in enumerate(trials.groupby("study", sort=True))
+    }
+    charts = "".join(f'<div class="chart" id="{name}"></div>' for name in specs)
+    return f"<h2>Tuning studies</h2>{charts}", specs
 
 
 def read_committed(rev: str, path: str) -> pd.DataFrame:
@@ -192,9 +334,12 @@ def model_section(runs: list[Run], model: str, images) -> tuple[str, dict[str, d
     fixed, broken = both.index[~right_base & right_best].tolist(), both.index[right_base & ~right_best].tolist()
     curves_div, *confusion_divs = (f'<div class="chart" id="{name}"></div>' for name in specs)
     charts = f"{curves_div}<br>{''.join(confusion_divs)}"  # the curves, then the two matrices side by side
-    accuracies = f"{best.metrics[f'acc.{model}']:.4f} vs {base.metrics[f'acc.{model}']:.4f}"
+    validation, test = (
+        f"{best.metrics[f'{m}.{model}']:.4f} vs {base.metrics[f'{m}.{model}']:.4f}" for m in ("val_acc", "test_acc")
+    )
     html = f"""<h2>{model.upper()}</h2>{charts}
-<h3>Best run {escape(best.name)} against the baseline {escape(base.name)}: test accuracy {accuracies}</h3>
+<h3>Best run {escape(best.name)} against the baseline {escape(base.name)}: validation accuracy {validation},
+test accuracy {test}</h3>
 <h4>Right now, wrong in the baseline ({len(fixed)}), as label: baseline→best</h4>{digit_tiles(images, both, fixed)}
 <h4>Wrong now, right in the baseline ({len(broken)})</h4>{digit_tiles(images, both, broken)}"""
     return html, specs
@@ -219,8 +364,11 @@ window.addEventListener("error", (event) => reportErrors.push(event.message));
 <ul id="report-errors"></ul>
 <h1>Experiments of {baseline}</h1>
 <p>{count} runs: the baseline commit and its experiments (<code>dvc exp show</code>), sorted by {sort_by};
-params shown where they differ from the baseline; metrics on the test set ({metrics_file}).</p>
+validation and test metrics ({metrics_file}), then the params that differ from the baseline.</p>
+<p id="why-validation">{why}</p>
+{chosen}
 {table}
+{studies}
 {sections}
 <script>
 const specs = {specs};
@@ -245,13 +393,10 @@ def render(exp_show: list[dict], images, sort_by: str | None = None) -> str:
     if missing:
         raise DataError(f"{', '.join(missing)} not in html/vendor/: `make report` installs them (npm)")
     runs = collect_runs(exp_show)
-    spreads = {
-        f"acc.{m}": max(r.metrics[f"acc.{m}"] for r in runs) - min(r.metrics[f"acc.{m}"] for r in runs)
-        for m in MODEL_NAMES
-    }
-    sort_by = sort_by or max(spreads, key=spreads.get)  # the model the experiments changed most
+    sort_by = sort_by or default_sort(runs)
     table = experiment_table(runs, sort_by)
-    sections, specs = [], {}
+    studies, specs = study_section(exp_show)
+    sections = []
     for model in MODEL_NAMES:
         html, model_specs = model_section(runs, model, images)
         sections.append(html)
@@ -262,7 +407,10 @@ def render(exp_show: list[dict], images, sort_by: str | None = None) -> str:
         count=len(runs),
         sort_by=escape(sort_by),
         metrics_file=METRICS_FILE,
+        why=escape(WHY_VALIDATION),
+        chosen=chosen_runs(runs).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0),
         table=table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", border=0),
+        studies=studies,
         sections="\n".join(sections),
         specs=json.dumps(specs).replace("</", "<\\/"),
     )
@@ -271,7 +419,9 @@ def render(exp_show: list[dict], images, sort_by: str | None = None) -> str:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the page to write (reports/experiments.html)")
-    parser.add_argument("--sort-by", help="a metric or param column (default: the accuracy that varies most)")
+    parser.add_argument(
+        "--sort-by", help="a metric or param column (default: the validation accuracy that varies most)"
+    )
     parser.add_argument("--rev", help="the experiments of this commit (dvc exp show --rev; default HEAD)")
     parser.add_argument("--test-split", type=Path, default=Path("data/split/test"), help="the test images")
     args = parser.parse_args(argv)

@@ -44,9 +44,9 @@ def experiments(project: Path) -> dict[str, dict]:
     return found
 
 
-def accuracy(experiment: dict, model: str) -> float:
-    """A model's test accuracy in one experiment of ``experiments()``."""
-    return experiment["metrics"]["metrics/metrics.json"]["acc"][model]
+def accuracy(experiment: dict, model: str, metric: str = "test_acc") -> float:
+    """A model's test accuracy (or ``metric``: ``val_acc``) in one experiment of ``experiments()``."""
+    return experiment["metrics"]["metrics/metrics.json"][metric][model]
 
 
 def wait_for_queue(project: Path, timeout_s: float = 900) -> str:
