@@ -74,6 +74,12 @@ def copy_built(source: Path, destination: Path) -> Path:
     return destination
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that change a copy of the trained project first: under pytest-xdist the long runs
+    start early and the short tests fill the end, rather than a long test left alone at the end."""
+    items.sort(key=lambda item: "copy_trained" not in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder every process of this test session shares: under pytest-xdist, the workers' common parent."""
