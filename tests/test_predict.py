@@ -372,6 +372,7 @@ def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path: Pat
     assert read_grayscale(small).shape == (1, 1_000, 800)
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 def test_damaged_and_lying_files_are_one_error_each_and_the_process_survives(
     untrained: Path, images: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -78,6 +78,7 @@ def mkl_mode_in(stage: str, env: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch's BLAS here is not MKL")
 @pytest.mark.parametrize("stage", STAGE_MODULES)
 def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stage: str) -> None:
@@ -106,12 +107,14 @@ ENTRY_POINTS = [*(f"stages.{name}" for name in [*STAGE_MODULES, "train_mlp"]), "
 ENTRY_POINTS += ["mnistlab.report", "bench.cli", "tests.conftest"]
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not X86_AVX2, reason="not an x86-64 CPU with AVX2: nothing is set, see the test below")
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_runs_atens_avx2_kernels_on_x86(entry: str) -> None:
     assert dispatched(entry, {}) == ("avx2", "AVX2")
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif("avx512f" not in CPU_FLAGS, reason="this CPU has no AVX-512: it runs AVX2 kernels anyway")
 def test_on_an_avx512_cpu_the_default_is_what_changes_the_kernels() -> None:
     """The contrast: without the default ATen picks AVX-512 here; a value the user sets wins."""
@@ -119,6 +122,7 @@ def test_on_an_avx512_cpu_the_default_is_what_changes_the_kernels() -> None:
     assert dispatched("torch", {})[1] == "AVX512"
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not X86_AVX2 or "avx512f" in CPU_FLAGS, reason="needs an AVX2-only x86-64 CPU (a laptop)")
 def test_on_an_avx2_only_cpu_the_same_kernels_run() -> None:
     assert dispatched("mnistlab", {}) == ("avx2", "AVX2") == ("avx2", dispatched("torch", {})[1])
