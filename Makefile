@@ -17,6 +17,8 @@ VEGA          := $(VENDOR)/.installed
 # `make bench` / `make bench-gpu`: extra options for python -m bench (see python -m bench --help).
 BENCH_ARGS ?=
 BENCH_DEPS := bench/.deps
+# `make test`: pytest-xdist workers; tests sharing a module's fixture stay on one (xdist_group marks).
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help repro verify test test-fast report predict bench bench-gpu lint format clean-venv lock
@@ -31,8 +33,8 @@ repro: $(STAMP) ## run the whole pipeline (dvc repro); creates .venv first if mi
 verify: $(STAMP) ## did I reproduce the committed results? reruns the pipeline in a throwaway copy, compares
 	$(PYTHON) -m mnistlab.verify
 
-test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI runs)
-	$(PYTHON) -m pytest
+test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI runs), on 2 workers
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)
 	$(PYTHON) -m pytest -m "not slow"

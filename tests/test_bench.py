@@ -169,6 +169,7 @@ def test_largest_difference_of_final_history_rows() -> None:
     assert largest_difference(eager, {}) is None
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 def test_bench_imports_neither_dvc_nor_torchinfo(tmp_path: Path) -> None:
     modules = "bench.cli, bench.gpu, bench.stage_times, bench.lab, bench.pipeline, bench.startup, bench.step_profile"
     check = f"import sys, {modules}; assert not {{'dvc', 'torchinfo'}} & set(sys.modules), sorted(sys.modules)"

@@ -21,9 +21,10 @@ from mnistlab.params import MODEL_NAMES
 from mnistlab.splitfiles import PARTS, load_arrays, save_arrays
 from mnistlab.training import stage_main
 from stages import evaluate, plot
-from tests.conftest import ROOT, dvc, git, run, venv_env
+from tests.conftest import ROOT, TrainedProject, git, run, venv_env
 
 TINY_TRAINING = {"epochs": 1, "batch_size": 16, "eval_batch_size": 32}
+TRAINED = pytest.mark.xdist_group("determinism_trained")  # one worker trains `trained`, once
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,7 @@ def run_evaluate(root: Path, split: str, out: str) -> dict[str, bytes]:
     return files(root / out)
 
 
+@TRAINED
 def test_evaluate_gives_the_same_bytes_whatever_the_order_of_the_split_s_rows(trained: Path) -> None:
     first = run_evaluate(trained, "split", "a")
     shuffled_split(trained / "split", trained / "shuffled", seed=1)
@@ -93,6 +95,7 @@ def test_evaluate_gives_the_same_bytes_whatever_the_order_of_the_split_s_rows(tr
     assert predictions["index"].is_monotonic_increasing  # in canonical order, not the file's
 
 
+@TRAINED
 def test_plot_gives_the_same_bytes_whatever_the_order_of_its_input_rows(trained: Path) -> None:
     run_evaluate(trained, "split", "eval")
     inputs = trained / "eval"
@@ -128,11 +131,10 @@ machine.cpu_model = lambda: real() | {"cpu": "Imaginary CPU 9000", "cpu_family_m
 
 
 @pytest.mark.slow
-def test_a_fresh_clone_on_another_cpu_model_reruns_to_a_clean_git_status(make_project, tmp_path: Path) -> None:
-    project = make_project()
-    dvc(project, "repro")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "the reference run")
+def test_a_fresh_clone_on_another_cpu_model_reruns_to_a_clean_git_status(
+    trained_project: TrainedProject, tmp_path: Path
+) -> None:
+    project = trained_project.path  # the reference run, committed; git clone only reads it
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)  # no DVC cache: every stage reruns
     shim = tmp_path / "other_cpu"

@@ -28,6 +28,7 @@ def test_stage_names_are_the_scripts() -> None:
         assert f"stages/{name}.py" in stage["deps"]
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_deps_list_exactly_the_library_files_a_stage_imports(stage: str) -> None:
     modules = imported_modules(stage)

@@ -1,8 +1,8 @@
 """What a person reads after a sweep: DVC's grid syntax, the terminal views at 120 columns, the
 experiments' curves overlaid by `dvc plots diff`, and `make report`'s page (issue 16).
 
-One project serves every test here: tiny params, the baseline committed, then the README's 2x2
-grid of the MLR queued and run by two workers, as a user would.
+One project serves every test here: a copy of the session's tiny trained project (the baseline
+committed), then the README's 2x2 grid of the MLR queued and run by two workers, as a user would.
 """
 
 import json
@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from torchvision.io import read_image
 
-from mnistlab.workspace import copy_project, venv_env
-from tests.conftest import TINY, dvc, git, update_params
+from mnistlab.workspace import venv_env
+from tests.conftest import TrainedProject, copy_built, dvc
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
 from tests.test_experiments import accuracy, experiments, wait_for_queue
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("swept")]  # one worker builds `swept`, once
 RATES, BATCHES = (0.001, 0.003), (128, 256)
 GRID = ["-S", "train_mlr.learning_rate=0.001,0.003", "-S", "train_mlr.batch_size=128,256"]  # as in the README
 WIDTH = 120
@@ -34,14 +34,10 @@ DROP = "^(mnistlab|stages|data|models|plots)/|^(download|trainer|split|evaluate)
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory, mnist_raw: Path) -> Path:
+def swept(tmp_path_factory: pytest.TempPathFactory, trained_project: TrainedProject) -> Path:
     """The baseline committed and the README's 2x2 grid run through DVC's queue with two workers."""
-    project = copy_project(tmp_path_factory.mktemp("swept") / "project")
-    update_params(project, TINY | {"download": {"sources": [f"dir:{mnist_raw}"]}})
+    project = copy_built(trained_project.path, tmp_path_factory.mktemp("swept") / "project")
     shutil.copytree(VENDOR, project / "html" / "vendor")  # git-ignored, as in a clone after `make`
-    dvc(project, "repro")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "baseline")
     queued = dvc(project, "exp", "run", "--queue", *GRID).stdout
     assert queued.count("Queued experiment") == 4, queued
     dvc(project, "queue", "start", "-j", "2")

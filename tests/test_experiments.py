@@ -92,11 +92,9 @@ def test_tuned_params_are_valid_and_match_their_command() -> None:
 
 
 @pytest.mark.slow
-def test_experiments_run_show_queue_apply_branch(make_project) -> None:
-    project = make_project()
-    assert ran(dvc(project, "repro").stdout) == STAGES
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "baseline")
+def test_experiments_run_show_queue_apply_branch(trained_project, copy_trained) -> None:
+    assert ran(trained_project.repro_output) == STAGES
+    project = copy_trained()  # the baseline committed
 
     single = dvc(project, "exp", "run", "-n", "mlr-lr001", "-S", "train_mlr.learning_rate=0.001").stdout
     assert ran(single) == ["train_mlr", "evaluate", "plot"]  # the MLP is not retrained
@@ -159,10 +157,9 @@ def clone_and_check_out(source: Path, target: Path, branch: str) -> Path:
 
 
 @pytest.mark.slow
-def test_branches_compare_and_remotes_round_trip(make_project, tmp_path: Path, s3_endpoint: str) -> None:
-    project = make_project()
+def test_branches_compare_and_remotes_round_trip(copy_trained, tmp_path: Path, s3_endpoint: str) -> None:
+    project = copy_trained()  # the baseline run
     dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))  # committed with the project
-    dvc(project, "repro")
     git(project, "add", "-A")
     git(project, "commit", "-qm", "baseline, with a shared DVC remote")
     dvc(project, "push", "--run-cache")

@@ -1,7 +1,7 @@
 """Faults in the real pipeline: reruns are bit-identical, kills and a second `dvc repro` lose nothing.
 
-Each test runs `dvc repro` in a temporary git repo (``make_project``) on the real data with tiny
-params. Training is signalled the way a user does it: Ctrl-C (SIGINT to the whole process group)
+Each test runs `dvc repro` in its own copy of the session's tiny trained project (``copy_trained``),
+on the real data. Training is signalled the way a user does it: Ctrl-C (SIGINT to the whole process group)
 and ``kill -9`` (SIGKILL to the whole process group, DVC included).
 """
 
@@ -19,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from tests.conftest import dvc, git, venv_env
+from tests.conftest import dvc, git, update_params, venv_env
 
 pytestmark = pytest.mark.slow
 HANG_GUARD_S = 600  # only against a hang: no test asserts how long anything takes
@@ -95,17 +96,19 @@ def digests(project: Path, paths: tuple[str, ...]) -> dict[str, str]:
     return {path: hashlib.sha256((project / path).read_bytes()).hexdigest() for path in paths}
 
 
+def lock_entry(project: Path, stage: str) -> dict:
+    """What dvc.lock records for ``stage``: its command, dependencies, params and outputs' hashes."""
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
+
+
 def training_started(repro: Repro, stage: str) -> None:
     """Wait for evidence that ``stage`` is inside fit: its line for the first finished epoch."""
     repro.wait_for(f"Running stage '{stage}'", "Total params", "epoch 1/")
     assert repro.process.poll() is None, f"dvc repro ended before training was interrupted:\n{repro.output}"
 
 
-def test_forced_rerun_is_bit_identical_and_a_second_repro_is_locked_out(make_project) -> None:
-    project = make_project()
-    dvc(project, "repro")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "reference run")
+def test_forced_rerun_is_bit_identical_and_a_second_repro_is_locked_out(copy_trained) -> None:
+    project = copy_trained()  # the reference run, committed
     reference = digests(project, CHECKPOINTS)
 
     first = Repro(project, "-f")  # every stage again, from the same inputs
@@ -125,10 +128,12 @@ def test_forced_rerun_is_bit_identical_and_a_second_repro_is_locked_out(make_pro
     assert "up to date" in dvc(project, "status").stdout
 
 
-def test_killed_training_reruns_to_a_complete_result(make_project) -> None:
+def test_killed_training_reruns_to_a_complete_result(copy_trained) -> None:
     epochs = 5  # after the first epoch's line, several seconds of training left even on a fast CPU
-    project = make_project(params={"train_mlp": {"epochs": epochs}})
+    project = copy_trained()  # the data split, and a 1-epoch MLP that these params make stale
+    update_params(project, {"train_mlp": {"epochs": epochs}})
     checkpoint = project / "models/mlp/model.ckpt"
+    recorded = lock_entry(project, "train_mlp")  # the 1-epoch run's
 
     interrupted = Repro(project)  # Ctrl-C: the stage and DVC both get SIGINT
     training_started(interrupted, "train_mlp")
@@ -136,8 +141,8 @@ def test_killed_training_reruns_to_a_complete_result(make_project) -> None:
     assert interrupted.finish() != 0, interrupted.output
     assert "Detected KeyboardInterrupt" in interrupted.output  # Lightning was inside fit
     assert "failed to reproduce 'train_mlp'" in interrupted.output
-    assert not checkpoint.exists()
-    assert "train_mlp" not in (project / "dvc.lock").read_text()  # DVC recorded nothing for it
+    assert not checkpoint.exists()  # DVC removes a stage's outputs before it runs the stage
+    assert lock_entry(project, "train_mlp") == recorded  # DVC recorded nothing for it
 
     killed = Repro(project)  # kill -9 of the whole group: DVC dies too, and leaves its lock files
     killed.wait_for("Stage 'split' didn't change, skipping")
@@ -145,7 +150,7 @@ def test_killed_training_reruns_to_a_complete_result(make_project) -> None:
     killed.signal(signal.SIGKILL)
     assert killed.finish() == -signal.SIGKILL
     assert not checkpoint.exists()
-    assert "train_mlp" not in (project / "dvc.lock").read_text()
+    assert lock_entry(project, "train_mlp") == recorded
 
     final = dvc(project, "repro").stdout
     assert "Running stage 'train_mlp'" in final and "Running stage 'plot'" in final

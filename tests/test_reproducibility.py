@@ -16,6 +16,7 @@ from mnistlab.verify import compare, describe
 from tests.conftest import ROOT, venv_env
 
 STAGE_MODULES = ["download", "split", "evaluate", "plot"]  # the training stages: tests/test_pipeline.py
+REAL_SPLIT = pytest.mark.xdist_group("real_split")  # one worker writes `real_split`, once
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def real_split(mnist_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.mark.slow
+@REAL_SPLIT
 @pytest.mark.parametrize("model", ["mlp", "mlr"])
 def test_a_fit_gives_the_same_bits_at_1_2_and_4_threads(model: str, real_split: Path, tmp_path: Path) -> None:
     """Each thread count in a fresh process, as a stage would run on a 1-, 2- or 4-core machine."""
@@ -50,6 +52,7 @@ def test_a_fit_gives_the_same_bits_at_1_2_and_4_threads(model: str, real_split: 
 
 
 @pytest.mark.slow
+@REAL_SPLIT
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch's BLAS here is not MKL")
 def test_without_the_strict_mode_the_thread_count_can_change_the_bits(real_split: Path, tmp_path: Path) -> None:
     """The contrast: MKL_CBWR= (empty: MKL's own default) at 1 and 2 threads. On the 2-core AMD EPYC
@@ -75,6 +78,7 @@ def mkl_mode_in(stage: str, env: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch's BLAS here is not MKL")
 @pytest.mark.parametrize("stage", STAGE_MODULES)
 def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stage: str) -> None:
@@ -103,12 +107,14 @@ ENTRY_POINTS = [*(f"stages.{name}" for name in [*STAGE_MODULES, "train_mlp"]), "
 ENTRY_POINTS += ["mnistlab.report", "bench.cli", "tests.conftest"]
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not X86_AVX2, reason="not an x86-64 CPU with AVX2: nothing is set, see the test below")
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_runs_atens_avx2_kernels_on_x86(entry: str) -> None:
     assert dispatched(entry, {}) == ("avx2", "AVX2")
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif("avx512f" not in CPU_FLAGS, reason="this CPU has no AVX-512: it runs AVX2 kernels anyway")
 def test_on_an_avx512_cpu_the_default_is_what_changes_the_kernels() -> None:
     """The contrast: without the default ATen picks AVX-512 here; a value the user sets wins."""
@@ -116,6 +122,7 @@ def test_on_an_avx512_cpu_the_default_is_what_changes_the_kernels() -> None:
     assert dispatched("torch", {})[1] == "AVX512"
 
 
+@pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not X86_AVX2 or "avx512f" in CPU_FLAGS, reason="needs an AVX2-only x86-64 CPU (a laptop)")
 def test_on_an_avx2_only_cpu_the_same_kernels_run() -> None:
     assert dispatched("mnistlab", {}) == ("avx2", "AVX2") == ("avx2", dispatched("torch", {})[1])

@@ -48,9 +48,8 @@ def committed_files(project: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_run_cache_restores_the_training_stages_on_another_machine(make_project, tmp_path: Path) -> None:
-    project = make_project()
-    dvc(project, "repro")
+def test_run_cache_restores_the_training_stages_on_another_machine(copy_trained, tmp_path: Path) -> None:
+    project = copy_trained()  # the baseline run
     origin = share(project, tmp_path)  # a committed baseline, its outputs in the DVC remote
     dvc(project, "push")
     first, second = clone(origin, tmp_path / "a"), clone(origin, tmp_path / "b")
@@ -118,13 +117,14 @@ def run_nodes(nodes: list[tuple[Path, list[str], int]], port: int, logs: Path, t
 
 
 @pytest.mark.slow
-def test_two_nodes_train_as_one_process_and_only_node_0_records(make_project, tmp_path: Path) -> None:
+def test_two_nodes_train_as_one_process_and_only_node_0_records(copy_trained, tmp_path: Path) -> None:
     """docs/scaling.md's multi-node recipe, two nodes on one machine: node 0 `dvc repro`, node 1 the stage command."""
     single = {
         "trainer": {"accelerator": "cpu", "devices": 1, "strategy": "auto"},
         "train_mlr": {"epochs": 1, "batch_size": 256},
     }
-    project = make_project(params=single)
+    project = copy_trained()  # the split done (and the tiny training, which this test's params replace)
+    update_params(project, single)
     dvc(project, "repro", "split")
     stage_command = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_mlr"]["cmd"]
     reference_dir = tmp_path / "reference"  # one process, batches of 256
@@ -172,11 +172,8 @@ def test_two_nodes_train_as_one_process_and_only_node_0_records(make_project, tm
 
 
 @pytest.mark.slow
-def test_a_sweep_split_over_two_machines_comes_together_in_a_third(make_project, tmp_path: Path) -> None:
-    project = make_project()
-    dvc(project, "repro")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "baseline")
+def test_a_sweep_split_over_two_machines_comes_together_in_a_third(copy_trained, tmp_path: Path) -> None:
+    project = copy_trained()  # the baseline committed
     origin = share(project, tmp_path)
     dvc(project, "push")
 
