@@ -174,8 +174,10 @@ def test_branches_compare_and_remotes_round_trip(copy_trained, tmp_path: Path, s
     clone = clone_and_check_out(project, tmp_path / "clone", "lower-lr")
     assert not (clone / ".dvc/cache").exists()
     metrics = json.loads(dvc(clone, "metrics", "diff", "main", "--json").stdout)
-    assert metrics["metrics/metrics.json"]["acc.mlr"]["diff"] != 0
-    assert "acc.mlp" not in metrics["metrics/metrics.json"]  # the MLP was not retrained
+    assert metrics["metrics/metrics.json"]["test_acc.mlr"]["diff"] != 0
+    assert metrics["metrics/metrics.json"]["val_acc.mlr"]["diff"] != 0
+    assert "test_acc.mlp" not in metrics["metrics/metrics.json"]  # the MLP was not retrained
+    assert "val_acc.mlp" not in metrics["metrics/metrics.json"]
     params = json.loads(dvc(clone, "params", "diff", "main", "--json").stdout)
     changed = params["params.yaml"]
     assert list(changed) == ["train_mlr.learning_rate"]

@@ -250,8 +250,6 @@ FORBIDDEN_CALLS = {
     "yaml.load",
     "yaml.unsafe_load",
     "torch.hub.load",
-    "np.load",
-    "numpy.load",
     "load_from_checkpoint",
 }
 
@@ -286,6 +284,10 @@ def test_no_eval_exec_or_unsafe_loading_in_the_stages_or_library() -> None:
             isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
         ):
             problems.append(f"{where}: torch.load without weights_only=True")
+        if name in ("np.load", "numpy.load") and not (
+            isinstance(keywords.get("allow_pickle"), ast.Constant) and keywords["allow_pickle"].value is False
+        ):
+            problems.append(f"{where}: {name} without allow_pickle=False")
         if isinstance(keywords.get("shell"), ast.Constant) and keywords["shell"].value is True:
             problems.append(f"{where}: {name}(shell=True)")
         if name.endswith((".fit", ".validate", ".test", ".predict")) and "ckpt_path" in keywords:

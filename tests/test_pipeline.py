@@ -25,7 +25,8 @@ def test_repro_rerun_change_and_compare(trained_project, copy_trained) -> None:
     )
     metrics = json.loads((project / "metrics/metrics.json").read_text())
     for model in ["mlp", "mlr"]:
-        assert 0.5 < metrics["acc"][model] <= 1 and metrics["loss"][model] > 0
+        for part in ("val", "test"):
+            assert 0.5 < metrics[f"{part}_acc"][model] <= 1 and metrics[f"{part}_loss"][model] > 0
     assert json.loads((project / "data/description.json").read_text())["train"]["samples"] == 48_000
     for model in ["mlp", "mlr"]:  # the machine record: run by DVC, MKL in its strict mode; copied for git
         machine = json.loads((project / f"plots/history/{model}/machine.json").read_text())
@@ -54,8 +55,10 @@ def test_repro_rerun_change_and_compare(trained_project, copy_trained) -> None:
     git(project, "commit", "-qam", "mlr: 2 epochs")
 
     diff = json.loads(dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
-    assert diff["metrics/metrics.json"]["acc.mlr"]["diff"] != 0
-    assert "acc.mlp" not in diff["metrics/metrics.json"]  # the MLP was not retrained
+    assert diff["metrics/metrics.json"]["test_acc.mlr"]["diff"] != 0
+    assert diff["metrics/metrics.json"]["val_acc.mlr"]["diff"] != 0
+    assert "test_acc.mlp" not in diff["metrics/metrics.json"]  # the MLP was not retrained
+    assert "val_acc.mlp" not in diff["metrics/metrics.json"]
     params = json.loads(dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json").stdout)
     assert params["params.yaml"]["train_mlr.epochs"] | {"diff": None} == {"old": 1, "new": 2, "diff": None}
 
