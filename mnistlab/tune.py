@@ -16,10 +16,11 @@ Names: experiment ``<study>-<trial number, 3 digits>``, the study named ``tune-<
 
 A trial is finished when it is COMPLETE (its experiment succeeded), PRUNED (stopped early: its
 validation accuracy per epoch, read from the running experiment's history, fell below the median of
-earlier trials at that epoch) or FAIL (its experiment failed, e.g. a diverged fit): ``--trials N``
-runs until N trials are finished. On a restart, a trial the journal holds as RUNNING is resolved from
-DVC's record: finished there, it is told its result; queued or running there, it is waited for; unknown
-to DVC, it is queued again with the params it was given. So no trial runs twice.
+earlier trials at that epoch) or FAIL (its experiment failed): ``--trials N`` runs until the study
+has N finished trials. On a restart, a trial the journal holds as RUNNING, queued by this project
+(user attribute ``queue``: host and folder), is resolved from DVC's record: finished there, it is
+told its result; queued or running there, it is waited for; unknown to DVC, it is queued again with
+the params it was given. So no trial runs twice. Another machine's running trials are left to it.
 
     python -m mnistlab.tune --model mlp --trials 12 --jobs 2 [--space tune.yaml] [--study NAME] [--storage PATH]
 """
@@ -28,6 +29,7 @@ import argparse
 import json
 import math
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -333,6 +335,7 @@ class Tuner:
 
     def __init__(self, study: Any, space: Space, jobs: int) -> None:
         self.study, self.space, self.jobs = study, space, jobs
+        self.owner = f"{socket.gethostname()}:{Path.cwd()}"  # whose DVC queue runs a trial (a shared journal)
         self.active: dict[int, Active] = {}
 
     def finished(self) -> list[Any]:
@@ -350,6 +353,7 @@ class Tuner:
         trial = self.study.ask(self.space.distributions)
         name = trial_name(self.study.study_name, trial.number)
         trial.set_user_attr("experiment", name)
+        trial.set_user_attr("queue", self.owner)
         self.queue(Active(trial, name, dict(trial.params)))
 
     def resume(self) -> None:
@@ -357,12 +361,15 @@ class Tuner:
         from optuna.trial import Trial, TrialState
 
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not running:
+        if not any(t.user_attrs.get("queue", self.owner) == self.owner for t in running):
             return
         states = queue_states(dvc("queue", "status").stdout)
         shown = show_experiments(self.study.study_name)
         for frozen in running:
             name = frozen.user_attrs.get("experiment") or trial_name(self.study.study_name, frozen.number)
+            if frozen.user_attrs.get("queue", self.owner) != self.owner:
+                print(f"{name}: queued by {frozen.user_attrs['queue']}, left to it", flush=True)
+                continue
             active = Active(Trial(self.study, frozen._trial_id), name, dict(frozen.params))
             active.reported = len(frozen.intermediate_values)
             if name not in states and name not in shown:
@@ -452,7 +459,7 @@ def open_study(name: str, storage: Path, space: Space) -> Any:
     return study
 
 
-def summary(study: Any, model: str, planned_epochs: Mapping[int, int]) -> str:
+def summary(study: Any, model: str, searched: Sequence[str], planned_epochs: Mapping[int, int]) -> str:
     """The study's outcome: counts, what pruning saved, the best experiment on validation and how to use it."""
     from optuna.trial import TrialState
 
@@ -474,12 +481,12 @@ def summary(study: Any, model: str, planned_epochs: Mapping[int, int]) -> str:
     if best is None:
         lines.append("no trial has finished with a validation accuracy: see `dvc queue logs <name>`")
         return "\n".join(lines)
-    changed = " ".join(f"{k}={v}" for k, v in best.params.items() if k.startswith(f"{train_section(model)}."))
+    changed = " ".join(f"{key}={best.params.get(key)}" for key in searched)
     lines += [
         f"best trial (validation accuracy): {best.name}",
         f"  validation accuracy {best.accuracy('val', model):.4f}, test accuracy {best.accuracy('test', model):.4f}",
         f"  {changed}",
-        f"  dvc exp apply {best.name}              # the workspace becomes it",
+        f"  dvc exp apply {best.name}   # the workspace becomes it",
         f"  dvc exp branch {best.name} {best.name}-best   # or a branch of it",
     ]
     return "\n".join(lines)
@@ -514,7 +521,7 @@ def main(argv: Sequence[str]) -> None:
         )
         sys.exit(130)
     planned = {t.number: int(t.params.get(epochs_key, base.epochs)) for t in study.get_trials(deepcopy=False)}
-    print(summary(study, args.model, planned))
+    print(summary(study, args.model, list(space.distributions), planned))
 
 
 if __name__ == "__main__":
