@@ -224,6 +224,7 @@ def shown_experiments(project: Path, study: str) -> dict[str, Experiment]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a pipeline run, then several experiments, on a shared 2-core machine
 def test_a_study_is_dvc_experiments_and_resumes_to_exactly_n_trials(make_project) -> None:
     """4 trials, 2 workers; the tuner interrupted (Ctrl-C) once two trials are queued, and one trial
     left RUNNING in the journal that DVC never got: the rerun waits, queues it, asks the rest."""
@@ -278,6 +279,7 @@ def test_a_study_is_dvc_experiments_and_resumes_to_exactly_n_trials(make_project
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a pipeline run, then several experiments, on a shared 2-core machine
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(make_project) -> None:
     """A trial whose experiment dies while it trains (killed, as by the OOM killer) is a FAIL; the next one runs.
 
