@@ -316,6 +316,14 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def start_workers(jobs: int) -> None:
+    """``dvc queue start -j JOBS``: its workers outlive it, so they get no pipe of ours to hold open."""
+    command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
+    started = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=venv_env())
+    if started.returncode != 0:
+        raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): try it yourself")
+
+
 def show_experiments(study: str) -> dict[str, Experiment]:
     return study_experiments(json.loads(dvc("exp", "show", "--json").stdout), study)
 
@@ -425,7 +433,7 @@ class Tuner:
                 self.ask()
                 queued = True
             if queued:
-                dvc("queue", "start", "-j", str(self.jobs))
+                start_workers(self.jobs)
                 queued = False
             time.sleep(POLL_S)
             self.watch(root)
