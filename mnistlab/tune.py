@@ -321,7 +321,7 @@ def start_workers(jobs: int) -> None:
     command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
     started = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=venv_env())
     if started.returncode != 0:
-        raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): try it yourself")
+        raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): run it to see why")
 
 
 def show_experiments(study: str) -> dict[str, Experiment]:
