@@ -9,6 +9,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # `make predict`: the images (files or folders) and the model whose checkpoint reads them.
 IMAGES ?=
 MODEL  ?= mlp
+# `make tune`: trials to finish and DVC queue workers (experiments at once); the model is MODEL.
+TRIALS ?= 12
+JOBS   ?= 2
 # vega, vega-lite and vega-embed for `dvc plots show` offline (html/dvc_plots.html loads them from
 # html/vendor/): the majors DVC's default page loads from a CDN, checked against html/vendor.sha256.
 VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
@@ -21,7 +24,7 @@ BENCH_DEPS := bench/.deps
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help repro verify test test-fast report predict bench bench-gpu lint format clean-venv lock
+.PHONY: help repro verify test test-fast report tune predict bench bench-gpu lint format clean-venv lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -42,6 +45,9 @@ test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)
 report: $(STAMP) ## every experiment of HEAD on one offline page: reports/experiments.html [SORT=val_acc.mlr] [REV=commit]
 	@$(MAKE) --no-print-directory $(VEGA)
 	$(PYTHON) -m mnistlab.report reports/experiments.html $(if $(SORT),--sort-by $(SORT)) $(if $(REV),--rev $(REV))
+
+tune: $(STAMP) ## search params, each trial a DVC experiment: make tune [MODEL=mlr] [TRIALS=12] [JOBS=2] [STUDY=name]
+	$(PYTHON) -m mnistlab.tune --model $(MODEL) --trials $(TRIALS) --jobs $(JOBS) $(if $(STUDY),--study $(STUDY))
 
 predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png folder/" [MODEL=mlr] [JSON=1] [SHOW=DIR]
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="digit.png my_digits/" [MODEL=mlr] [JSON=1] [SHOW=DIR]' >&2; exit 2; }
