@@ -42,6 +42,7 @@ from mnistlab.params import (
     parse_section,
     read_params,
     seed,
+    train_params,
     train_section,
 )
 
@@ -110,7 +111,7 @@ def main(argv: Sequence[str]) -> None:
         trainer = trainer.model_copy(update={"accelerator": args.accelerator})
     device = resolve_device(trainer.accelerator)
     params = {
-        name: parse_section(TrainParams, raw, train_section(name)).model_copy(update={"epochs": args.epochs})
+        name: parse_section(train_params(name), raw, train_section(name)).model_copy(update={"epochs": args.epochs})
         for name in args.models
     }
     raw_dir = args.mnist_raw or args.data_root / "MNIST" / "raw"

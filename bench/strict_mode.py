@@ -20,11 +20,13 @@ def worker(model_name: str, epochs: int, split_dir: Path) -> None:
     import torch
 
     from mnistlab.machine import mkl_mode
-    from mnistlab.params import TrainerParams, TrainParams, parse_section, read_params, train_section
+    from mnistlab.params import TrainerParams, parse_section, read_params, train_params, train_section
     from mnistlab.training import EpochClock, fit
 
     raw = read_params()
-    params = parse_section(TrainParams, raw, train_section(model_name)).model_copy(update={"epochs": epochs})
+    params = parse_section(train_params(model_name), raw, train_section(model_name)).model_copy(
+        update={"epochs": epochs}
+    )
     trainer_params = parse_section(TrainerParams, raw, "trainer").model_copy(update={"accelerator": "cpu"})
     trainer, _ = fit(model_name, params, trainer_params, 0, split_dir, None)
     clock = next(callback for callback in trainer.callbacks if isinstance(callback, EpochClock))
