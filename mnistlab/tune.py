@@ -28,6 +28,7 @@ the params it was given. So no trial runs twice. Another machine's running trial
 import argparse
 import json
 import math
+import os
 import re
 import socket
 import subprocess
@@ -316,10 +317,21 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def worker_threads(jobs: int, cores: int | None = None) -> int:
+    """Threads per trial: the cores shared out among the workers, at least one each."""
+    return max(1, (cores or os.cpu_count() or 1) // jobs)
+
+
 def start_workers(jobs: int) -> None:
-    """``dvc queue start -j JOBS``: its workers outlive it, so they get no pipe of ours to hold open."""
+    """``dvc queue start -j JOBS``: its workers outlive it, so they get no pipe of ours to hold open.
+
+    Each trial gets its share of the cores (``OMP_NUM_THREADS``, unless set): two trainings of two
+    threads each on 2 cores spend their time waiting for each other. In MKL's strict mode the thread
+    count does not change the bits (docs/reproducibility.md), so a trial gives the result it would alone.
+    """
     command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
-    started = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=venv_env())
+    env = {"OMP_NUM_THREADS": str(worker_threads(jobs))} | venv_env()  # the user's own setting wins
+    started = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     if started.returncode != 0:
         raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): run it to see why")
 

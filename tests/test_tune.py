@@ -22,6 +22,7 @@ from mnistlab.tune import (
     set_option,
     study_experiments,
     trial_name,
+    worker_threads,
 )
 from tests.conftest import ROOT, dvc, git, venv_env
 
@@ -301,3 +302,8 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(make_project) -> Non
     assert "tune-mlr-000: failed: see `dvc queue logs tune-mlr-000`" in output
     assert "study tune-mlr: 2 trials, 1 complete, 0 pruned, 1 failed" in output
     assert "best trial (validation accuracy): tune-mlr-001" in output
+
+
+def test_each_trial_gets_its_share_of_the_cores() -> None:
+    assert [worker_threads(jobs, cores=2) for jobs in (1, 2, 3)] == [2, 1, 1]
+    assert worker_threads(2, cores=16) == 8
