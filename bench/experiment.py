@@ -32,10 +32,10 @@ from mnistlab.workspace import copy_project
 
 SETTING = "train_mlr.epochs=1"  # the issue's experiment: one epoch of the MLR
 EXPERIMENT_STAGES = ("train_mlr", "evaluate", "plot")  # what a change of train_mlr's params reruns
-# The issue's command before the lead's import changes: this item's median of 3 at commit 3ff951b, on
-# the project's 2-core AMD EPYC VM while 4 other agents loaded it (load average 5-11 on 2 cores),
-# 2026-11-30 (see docs/performance.md); issue 22 had 29.5 s on an idle 2-core Zen 3.
-BEFORE_WALL_S = 109.8
+# The issue's command before the import changes: this item's median of 3 at commit 3ff951b (the bench
+# module added on top), on the project's idle 2-core AMD EPYC VM, 2026-11-30 (docs/performance.md);
+# issue 22 had 29.5 s on an idle 2-core Zen 3.
+BEFORE_WALL_S = 32.3
 STAGE_CLOCK = Path(__file__).resolve().parent / "stage_clock"
 FIT_LINE = re.compile(r"fit: ([0-9.]+) s in epochs, ([0-9.]+) s in all")
 # DVC's functions whose cumulative time the profile table shows (the stages' subprocesses are one).

@@ -144,11 +144,14 @@ class Classifier(pl.LightningModule):
         if self.valid_accuracy.update_count:
             metrics |= {"valid_loss": self.valid_loss, "valid_accuracy": self.valid_accuracy}
         values = {name: metric.compute() for name, metric in metrics.items()}
-        if not torch.isfinite(values["train_loss"]):  # a diverged fit: fail the stage instead of saving it
-            raise TrainingError(
-                f"training diverged: train_loss is {float(values['train_loss'])} in epoch {self.current_epoch + 1} "
-                f"with learning_rate {self.learning_rate:g}: lower the learning rate"
-            )
+        # A diverged fit fails the stage instead of saving its weights. The validation loss shows it
+        # first: MeanMetric drops NaN steps from train_loss (nan_strategy="warn") until all are NaN.
+        for name in ("valid_loss", "train_loss"):
+            if name in values and not torch.isfinite(values[name]):
+                raise TrainingError(
+                    f"training diverged: {name} is {float(values[name])} in epoch {self.current_epoch + 1} "
+                    f"with learning_rate {self.learning_rate:g}: lower the learning rate"
+                )
         self.log_dict(values, logger=False, sync_dist=True)
         if self.trainer.is_global_zero:  # shown by the stage where no progress bar is (mnistlab.training)
             numbers = "  ".join(f"{name} {float(value):.4f}" for name, value in values.items())

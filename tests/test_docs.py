@@ -202,6 +202,8 @@ def test_lab_md_names_the_differences_and_puts_the_lab_s_results_next_to_ours() 
     for name in MODEL_NAMES:
         accuracy = f"{model_metrics(metrics, name)['test_accuracy']:.4f}"  # the file's layout lives there
         assert accuracy in readme and accuracy in results, f"{name}: test accuracy {accuracy}"
+        validation = f"{metrics['val_acc'][name]:.4f}"
+        assert validation in readme, f"{name}: validation accuracy {validation}"
 
 
 # Names the docs give in code spans: modules and their functions, classes and methods; params keys;

@@ -139,7 +139,7 @@ def test_a_diverging_fit_is_one_clear_error(tiny_split_dir) -> None:
     diverging = TrainParams(epochs=2, learning_rate=1e36, batch_size=16, eval_batch_size=32)
     with pytest.raises(
         TrainingError,
-        match=r"training diverged: train_loss is nan in epoch 2 with learning_rate 1e\+36: lower the learning",
+        match=r"training diverged: valid_loss is nan in epoch 1 with learning_rate 1e\+36: lower the learning",
     ):
         fit("mlr", diverging, TRAINER, 0, tiny_split_dir, None)
 
