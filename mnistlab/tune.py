@@ -336,8 +336,21 @@ def start_workers(jobs: int) -> None:
         raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): run it to see why")
 
 
-def show_experiments(study: str) -> dict[str, Experiment]:
-    return study_experiments(json.loads(dvc("exp", "show", "--json").stdout), study)
+def show_experiments(study: str, attempts: int = 6) -> dict[str, Experiment]:
+    """The study's experiments from ``dvc exp show --json``, asked again while DVC's queue is mid-change.
+
+    DVC 3.67 lists a task as active before its worker has written the task's info file, and
+    ``dvc exp show`` then fails (FileNotFoundError on ``.dvc/tmp/exps/run/<task>/<task>.run``)
+    for the moment it takes the worker to write it.
+    """
+    for attempt in range(attempts):
+        try:
+            return study_experiments(json.loads(dvc("exp", "show", "--json").stdout), study)
+        except PipelineError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(POLL_S)
+    raise AssertionError("unreachable")
 
 
 @dataclass
