@@ -45,7 +45,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from mnistlab.errors import PipelineError
 from mnistlab.params import MODEL_NAMES, TrainParams, parse_section, read_params, train_params, train_section
-from mnistlab.report import flatten
+from mnistlab.report import TRIAL_NAME, flatten
 from mnistlab.stage import HISTORY, METRICS_FILE, run_stage
 from mnistlab.workspace import venv_env
 
@@ -245,13 +245,13 @@ class Experiment:
 
 def study_experiments(exp_show: list[dict], study: str) -> dict[str, Experiment]:
     """The experiments named ``<study>-NNN`` in ``dvc exp show --json``'s output, by name."""
-    pattern = re.compile(rf"{re.escape(study)}-\d{{3,}}")
     found = {}
     for commit in exp_show:
         for entry in commit.get("experiments") or []:
             revs = entry.get("revs") or [{}]
             name = entry.get("name") or revs[0].get("name")
-            if not name or not pattern.fullmatch(name):
+            trial = TRIAL_NAME.fullmatch(name or "")
+            if not trial or trial["study"] != study:
                 continue
             data = revs[0].get("data") or {}
             params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
