@@ -20,7 +20,7 @@ VEGA          := $(VENDOR)/.installed
 # `make bench` / `make bench-gpu`: extra options for python -m bench (see python -m bench --help).
 BENCH_ARGS ?=
 BENCH_DEPS := bench/.deps
-# `make test`: pytest-xdist workers; tests sharing a module's fixture stay on one (xdist_group marks).
+# `make test`: pytest-xdist workers, each given whole test modules (their shared fixtures built once).
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
@@ -37,7 +37,7 @@ verify: $(STAMP) ## did I reproduce the committed results? reruns the pipeline i
 	$(PYTHON) -m mnistlab.verify
 
 test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI runs), on 2 workers
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)
 	$(PYTHON) -m pytest -m "not slow"

@@ -74,10 +74,38 @@ def copy_built(source: Path, destination: Path) -> Path:
     return destination
 
 
+# `make test` hands whole modules to its pytest-xdist workers (`--dist loadfile`), so that a module's
+# shared fixtures (the views' sweep, predict's checkpoint, the determinism test's training) are built
+# once. The longest modules go first (measured: docs/performance.md, "The test suite"): the workers
+# finish together instead of one long module starting last. The second is one that does not wait for
+# the shared trained project while the first worker builds it.
+LONGEST_FIRST = (
+    "test_scale_out",
+    "test_bench",
+    "test_experiments",
+    "test_tune",
+    "test_experiment_views",
+    "test_reliability",
+    "test_reproducibility",
+    "test_predict",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker and what it starts (stages, DVC's queue workers) gets its share of
+    the cores, as `make tune` gives each trial: two workers' trainings of 2 threads each on 2 cores spend
+    their time waiting for each other. The bits do not depend on it (MKL's strict mode, docs/reproducibility.md);
+    a test that is about threads sets its own, and OMP_NUM_THREADS set by the user wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests that change a copy of the trained project first: under pytest-xdist the long runs
-    start early and the short tests fill the end, rather than a long test left alone at the end."""
-    items.sort(key=lambda item: "copy_trained" not in getattr(item, "fixturenames", ()))
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ from stages import evaluate, plot
 from tests.conftest import ROOT, TrainedProject, git, run, venv_env
 
 TINY_TRAINING = {"epochs": 1, "batch_size": 16, "eval_batch_size": 32}
-TRAINED = pytest.mark.xdist_group("determinism_trained")  # one worker trains `trained`, once
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,6 @@ def run_evaluate(root: Path, split: str, out: str) -> dict[str, bytes]:
     return files(root / out)
 
 
-@TRAINED
 def test_evaluate_gives_the_same_bytes_whatever_the_order_of_the_split_s_rows(trained: Path) -> None:
     first = run_evaluate(trained, "split", "a")
     shuffled_split(trained / "split", trained / "shuffled", seed=1)
@@ -95,7 +93,6 @@ def test_evaluate_gives_the_same_bytes_whatever_the_order_of_the_split_s_rows(tr
     assert predictions["index"].is_monotonic_increasing  # in canonical order, not the file's
 
 
-@TRAINED
 def test_plot_gives_the_same_bytes_whatever_the_order_of_its_input_rows(trained: Path) -> None:
     run_evaluate(trained, "split", "eval")
     inputs = trained / "eval"

@@ -24,7 +24,7 @@ from tests.conftest import TrainedProject, copy_built, dvc
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
 from tests.test_experiments import accuracy, experiments, wait_for_queue
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("swept")]  # one worker builds `swept`, once
+pytestmark = pytest.mark.slow
 RATES, BATCHES = (0.001, 0.003), (128, 256)
 GRID = ["-S", "train_mlr.learning_rate=0.001,0.003", "-S", "train_mlr.batch_size=128,256"]  # as in the README
 WIDTH = 120

@@ -171,7 +171,6 @@ def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("uv_cache")  # one worker, one cache: PyPI's metadata once
 @pytest.mark.parametrize("python", ["3.11", "3.13"])
 @pytest.mark.parametrize("platform", list(PLATFORMS))
 def test_lock_resolves_for_each_supported_platform(platform: str, python: str, tmp_path: Path, uv_cache: Path) -> None:

@@ -36,7 +36,6 @@ from tests.conftest import ROOT, run
 from tests.digit_images import photographed_folder
 
 slow = pytest.mark.slow  # needs the real MNIST (the mnist_raw fixture) and trains for seconds
-TRAINED = pytest.mark.xdist_group("predict_checkpoint")  # one worker trains `checkpoint`, once
 TRAINER = TrainerParams(accelerator="cpu", devices=1, strategy="auto", num_nodes=1, precision="32-true")
 PHOTOGRAPHED = 250  # MNIST test digits made to look photographed, scanned or drawn
 REQUIRED_TOP1 = 0.90
@@ -286,7 +285,6 @@ def test_a_centred_mnist_digit_comes_out_as_it_went_in(mnist_test: tuple[Tensor,
 
 
 @slow
-@TRAINED
 def test_photographed_digits_are_read_right(
     checkpoint: Path, mnist_test: tuple[Tensor, Tensor], tmp_path: Path, capsys
 ) -> None:
@@ -471,7 +469,6 @@ def test_show_writes_one_contact_sheet_of_each_image_beside_its_28x28(
 
 
 @slow
-@TRAINED
 def test_probabilities_are_a_distribution_and_top_3_is_sorted(checkpoint: Path) -> None:
     model = load_model(checkpoint)
     inputs = torch.stack([to_lab_input(drawn_digit(0)), to_lab_input(drawn_digit(1))])
@@ -484,7 +481,6 @@ def test_probabilities_are_a_distribution_and_top_3_is_sorted(checkpoint: Path) 
 
 
 @slow
-@TRAINED
 def test_predict_command_json_reports_every_file(checkpoint: Path, images: dict[str, Path], tmp_path: Path) -> None:
     args = [str(images["dark_one"].parent), str(images["text"]), str(tmp_path / "empty"), str(tmp_path / "gone.png")]
     # -X importtime lists every module imported: the command must not need Lightning.
@@ -515,7 +511,6 @@ def test_predict_command_json_reports_every_file(checkpoint: Path, images: dict[
 
 
 @slow
-@TRAINED
 def test_predict_command_text_output(checkpoint: Path, images: dict[str, Path], capsys) -> None:
     assert main(["--checkpoint", str(checkpoint), str(images["dark_one"]), str(images["light_zero"])]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -549,7 +544,6 @@ def test_make_predict_passes_images_model_json_and_show() -> None:
 
 
 @slow
-@TRAINED
 def test_predict_files_keeps_going_after_a_bad_file(checkpoint: Path, images: dict[str, Path]) -> None:
     records = predict_files(load_model(checkpoint), [images["not_an_image"], images["dark_one"]])
     assert "error" in records[0] and "top" not in records[0]

@@ -16,7 +16,6 @@ from mnistlab.verify import compare, describe
 from tests.conftest import ROOT, venv_env
 
 STAGE_MODULES = ["download", "split", "evaluate", "plot"]  # the training stages: tests/test_pipeline.py
-REAL_SPLIT = pytest.mark.xdist_group("real_split")  # one worker writes `real_split`, once
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,6 @@ def real_split(mnist_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.mark.slow
-@REAL_SPLIT
 @pytest.mark.parametrize("model", ["mlp", "mlr"])
 def test_a_fit_gives_the_same_bits_at_1_2_and_4_threads(model: str, real_split: Path, tmp_path: Path) -> None:
     """Each thread count in a fresh process, as a stage would run on a 1-, 2- or 4-core machine."""
@@ -52,7 +50,6 @@ def test_a_fit_gives_the_same_bits_at_1_2_and_4_threads(model: str, real_split: 
 
 
 @pytest.mark.slow
-@REAL_SPLIT
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch's BLAS here is not MKL")
 def test_without_the_strict_mode_the_thread_count_can_change_the_bits(real_split: Path, tmp_path: Path) -> None:
     """The contrast: MKL_CBWR= (empty: MKL's own default) at 1 and 2 threads. On the 2-core AMD EPYC

@@ -188,13 +188,11 @@ def test_epoch_accuracies_read_a_growing_history(tmp_path: Path) -> None:
 # --- end to end: studies of the real pipeline on tiny params ----------------------------------------
 
 
-def trained_project(make_project, space: dict) -> Path:
-    """A committed project whose pipeline has run once, with ``space`` as its tune.yaml."""
-    project = make_project()
+def trained_project(copy_trained, space: dict) -> Path:
+    """A copy of the session's committed, trained tiny project, with ``space`` as its tune.yaml (committed)."""
+    project = copy_trained()
     (project / "tune.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
-    dvc(project, "repro")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "baseline")
+    git(project, "commit", "-qam", "the search space")
     return project
 
 
@@ -225,12 +223,12 @@ def shown_experiments(project: Path, study: str) -> dict[str, Experiment]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # a pipeline run, then several experiments, on a shared 2-core machine
-def test_a_study_is_dvc_experiments_and_resumes_to_exactly_n_trials(make_project) -> None:
+@pytest.mark.timeout(1800)  # several experiments, on a shared 2-core machine
+def test_a_study_is_dvc_experiments_and_resumes_to_exactly_n_trials(copy_trained) -> None:
     """4 trials, 2 workers; the tuner interrupted (Ctrl-C) once two trials are queued, and one trial
     left RUNNING in the journal that DVC never got: the rerun waits, queues it, asks the rest."""
     space = {"seed": 0, "pruning": None, "train_mlr": {"learning_rate": {"low": 0.0005, "high": 0.005, "log": True}}}
-    project = trained_project(make_project, space)
+    project = trained_project(copy_trained, space)
     first = tune(project, "--trials", "4", "--jobs", "2")
     queued = []
     while len(queued) < 2:
@@ -280,14 +278,14 @@ def test_a_study_is_dvc_experiments_and_resumes_to_exactly_n_trials(make_project
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # a pipeline run, then several experiments, on a shared 2-core machine
-def test_a_failing_trial_is_recorded_and_the_search_goes_on(make_project) -> None:
+@pytest.mark.timeout(1800)  # several experiments, on a shared 2-core machine
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(copy_trained) -> None:
     """A trial whose experiment dies while it trains (killed, as by the OOM killer) is a FAIL; the next one runs.
 
     (A diverging learning rate would be the natural case, but a NaN loss does not fail the stage yet: see
     docs/experiments.md, tuning.)"""
     space = {"seed": 0, "pruning": None, "train_mlr": {"learning_rate": {"low": 0.0005, "high": 0.005, "log": True}}}
-    project = trained_project(make_project, space)
+    project = trained_project(copy_trained, space)
     tuner = tune(project, "--trials", "2", "--jobs", "1")
     deadline = time.monotonic() + 600
     while "tune-mlr-000  " not in (status := dvc(project, "queue", "status").stdout) or "Running" not in status:
