@@ -51,8 +51,10 @@ from mnistlab.workspace import venv_env
 
 SPACE_FILE = Path("tune.yaml")
 STUDIES = Path("experiments/studies")  # git-ignored: each study's journal
-EXEC_RUN_DIR = Path(".dvc/tmp/exps/run")  # DVC's queue: <task>/<task>.run (executor info), <task>.out (its log)
-POLL_S = 5.0  # between two looks at `dvc queue status`
+EXPS_DIR = Path(".dvc/tmp/exps")  # DVC's queue: run/ (executors), celery/ (broker messages, workers' records)
+EXEC_RUN_DIR = EXPS_DIR / "run"  # <task>/<task>.run (executor info), <task>.out (its log)
+POLL_S = 5.0  # between two looks at the queue's files (and the running trials' histories)
+STATUS_EVERY_S = 60.0  # `dvc queue status` at least this often, even when the queue's files did not change
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a study's name: part of a git ref
 
 
@@ -308,6 +310,22 @@ def running_histories(root: Path, model: str) -> dict[str, Path]:
     return found
 
 
+def queue_fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes whenever DVC's queue does: its executors' records (a task's status), the broker's queued
+    messages, the tasks' results and the workers' records. Listing them costs microseconds; `dvc queue status` costs a
+    process and about 2 s of CPU, taken from the trials it watches."""
+    exps = root / EXPS_DIR
+    found = []
+    records = ("run/*/*.run", "celery/broker/in/*", "celery/result/*", "celery/*.json")
+    for path in sorted(path for pattern in records for path in exps.glob(pattern)):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed in between: the next look sees it gone
+        found.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
+
+
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """A DVC command in the project; a failure is a PipelineError with DVC's own message."""
     result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=venv_env())
@@ -453,16 +471,21 @@ class Tuner:
     def run(self, trials: int, root: Path) -> None:
         self.resume()
         queued = True  # workers may be gone (a reboot): start them once, then whenever a trial is queued
+        seen: tuple | None = None  # the queue's files when `dvc queue status` was last asked
+        asked = time.monotonic()
         while len(self.finished()) < trials:
             while len(self.active) < self.jobs and len(self.finished()) + len(self.active) < trials:
                 self.ask()
                 queued = True
             if queued:
                 start_workers(self.jobs)
-                queued = False
+                queued, seen = False, None
             time.sleep(POLL_S)
             self.watch(root)
-            self.settle(queue_states(dvc("queue", "status").stdout))
+            fingerprint = queue_fingerprint(root)  # before asking: a change during the call is seen next time
+            if fingerprint != seen or time.monotonic() - asked > STATUS_EVERY_S:
+                self.settle(queue_states(dvc("queue", "status").stdout))
+                seen, asked = fingerprint, time.monotonic()
 
 
 def open_study(name: str, storage: Path, space: Space) -> Any:

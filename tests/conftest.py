@@ -81,13 +81,18 @@ def copy_built(source: Path, destination: Path) -> Path:
 # the shared trained project while the first worker builds it.
 LONGEST_FIRST = (
     "test_scale_out",
+    "test_reproducibility",
     "test_bench",
-    "test_experiments",
     "test_tune",
     "test_experiment_views",
     "test_reliability",
-    "test_reproducibility",
+    "test_experiments",
     "test_predict",
+    "test_stage_errors",
+    "test_determinism",
+    "test_isa",
+    "test_ddp",
+    "test_pipeline",
 )
 
 

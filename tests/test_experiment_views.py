@@ -17,12 +17,13 @@ from itertools import product
 from pathlib import Path
 
 import pytest
+import yaml
 from torchvision.io import read_image
 
 from mnistlab.workspace import venv_env
-from tests.conftest import TrainedProject, copy_built, dvc
+from tests.conftest import TrainedProject, copy_built, dvc, git
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
-from tests.test_experiments import accuracy, experiments, wait_for_queue
+from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
 
 pytestmark = pytest.mark.slow
 RATES, BATCHES = (0.001, 0.003), (128, 256)
@@ -58,6 +59,30 @@ def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(s
         assert experiment["params"]["train_mlp"] == baseline["params"]["train_mlp"]
     mlr = [accuracy(experiment, "mlr") for experiment in shown.values()]
     assert len(set(mlr)) == 4 and all(0 < value <= 1 for value in mlr), mlr
+
+
+def test_apply_and_branch_bring_back_the_experiment_shown(swept: Path, tmp_path: Path) -> None:
+    """`dvc exp apply` puts an experiment's params and results in the workspace, nothing left to run;
+    `dvc exp branch` makes a branch of another (from test_experiments, which used to queue its own sweep)."""
+    project = copy_built(swept, tmp_path / "project")  # the other tests here read the sweep's workspace
+    shown = experiments(project)
+    named = {
+        (e["params"]["train_mlr"]["learning_rate"], e["params"]["train_mlr"]["batch_size"]): n for n, e in shown.items()
+    }
+    applied, branched = named[(0.003, 128)], named[(0.001, 256)]
+
+    dvc(project, "exp", "apply", applied)
+    params = yaml.safe_load((project / "params.yaml").read_text())["train_mlr"]
+    assert (params["learning_rate"], params["batch_size"]) == (0.003, 128)
+    metrics = json.loads((project / "metrics/metrics.json").read_text())
+    assert metrics == shown[applied]["metrics"]["metrics/metrics.json"]
+    assert ran(dvc(project, "repro").stdout) == []  # the workspace now is that experiment, outputs included
+
+    dvc(project, "exp", "branch", branched, "lr001")
+    branch_params = yaml.safe_load(git(project, "show", "lr001:params.yaml"))["train_mlr"]
+    assert (branch_params["learning_rate"], branch_params["batch_size"]) == (0.001, 256)
+    branch_metrics = json.loads(git(project, "show", "lr001:metrics/metrics.json"))
+    assert branch_metrics == shown[branched]["metrics"]["metrics/metrics.json"]
 
 
 def terminal(project: Path, command: str) -> list[str]:

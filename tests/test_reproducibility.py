@@ -1,6 +1,7 @@
 """Reproducible results: the same bits at any thread count, MKL's mode pinned in every stage, and
 `make verify`'s verdicts."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -68,11 +69,23 @@ def test_without_the_strict_mode_the_thread_count_can_change_the_bits(real_split
         pytest.skip("MKL's default gives the same bits at 1 and 2 threads on this CPU: nothing to contrast")
 
 
-def mkl_mode_in(stage: str, env: dict[str, str]) -> str:
-    code = f"import stages.{stage}, torch; from mnistlab.machine import mkl_mode; print(mkl_mode())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=venv_env() | env, capture_output=True, text=True)
+@functools.cache
+def probe(entry: str, env: tuple[tuple[str, str], ...] = ()) -> tuple[str, str | None, str]:
+    """A fresh process that imports ``entry`` (in ``env``, ATEN_CPU_CAPABILITY unset unless given): the
+    kernels ATen dispatches to, ATEN_CPU_CAPABILITY, then MKL's mode. One process per (entry, env)
+    serves both checks below: each costs seconds of imports."""
+    code = f"import {entry}, json, os, torch; capability = torch.backends.cpu.get_cpu_capability(); "
+    code += "variable = os.environ.get('ATEN_CPU_CAPABILITY'); from mnistlab.machine import mkl_mode; "
+    code += "print(json.dumps([mkl_mode(), variable, capability]))"
+    environment = {key: value for key, value in venv_env().items() if key != "ATEN_CPU_CAPABILITY"} | dict(env)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    mkl, variable, capability = json.loads(out.stdout.strip().splitlines()[-1])
+    return mkl, variable, capability
+
+
+def mkl_mode_in(stage: str, env: dict[str, str]) -> str:
+    return probe(f"stages.{stage}", tuple(sorted(env.items())))[0]
 
 
 @pytest.mark.slow  # fresh Python processes that import torch: seconds each
@@ -91,13 +104,8 @@ X86_AVX2 = has_avx2()
 
 def dispatched(entry: str, env: dict[str, str]) -> tuple[str | None, str]:
     """In a fresh process after importing ``entry``: ATEN_CPU_CAPABILITY and the kernels ATen dispatches to."""
-    code = f"import {entry}, os, torch; print(os.environ.get('ATEN_CPU_CAPABILITY'), "
-    code += "torch.backends.cpu.get_cpu_capability())"
-    environment = {key: value for key, value in venv_env().items() if key != "ATEN_CPU_CAPABILITY"} | env
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    variable, capability = out.stdout.split()
-    return (None if variable == "None" else variable), capability
+    _, variable, capability = probe(entry, tuple(sorted(env.items())))
+    return variable, capability
 
 
 ENTRY_POINTS = [*(f"stages.{name}" for name in [*STAGE_MODULES, "train_mlp"]), "mnistlab.predict", "mnistlab.verify"]

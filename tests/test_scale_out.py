@@ -177,7 +177,7 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(copy_trained,
     origin = share(project, tmp_path)
     dvc(project, "push")
 
-    shares = {"a": {"lr0001": "0.001", "lr0002": "0.002"}, "b": {"lr0003": "0.003", "lr0004": "0.004"}}
+    shares = {"a": {"lr0001": "0.001"}, "b": {"lr0003": "0.003"}}  # one experiment each: the queue, pushed
     machines = {name: clone(origin, tmp_path / name) for name in shares}
     for name, machine in machines.items():
         dvc(machine, "pull")  # the baseline's outputs: the MLP is reused, not retrained

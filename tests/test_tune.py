@@ -18,6 +18,7 @@ from mnistlab.tune import (
     best_experiment,
     epoch_accuracies,
     parse_space,
+    queue_fingerprint,
     queue_states,
     set_option,
     study_experiments,
@@ -174,6 +175,28 @@ Worker status: 1 active, 1 idle
         "tune-mlp-003": "Queued",
     }
     assert queue_states("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle\n") == {}
+
+
+def test_the_queue_s_fingerprint_changes_with_a_task_s_state_not_with_dvc_s_own_messages(tmp_path: Path) -> None:
+    """The tuner asks `dvc queue status` only when this changes (or once a minute)."""
+    exps = tmp_path / ".dvc/tmp/exps"
+    record = exps / "run/task1/task1.run"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"name": "tune-mlr-000", "status": 2}')
+    (exps / "celery/broker/processed").mkdir(parents=True)
+    first = queue_fingerprint(tmp_path)
+    assert first and queue_fingerprint(tmp_path) == first
+    (exps / "celery/broker/processed/1.reply.celery.pidbox.msg").write_text("{}")  # what `dvc queue status` sends
+    assert queue_fingerprint(tmp_path) == first
+    record.write_text('{"name": "tune-mlr-000", "status": 3}')  # the task succeeded
+    assert queue_fingerprint(tmp_path) != first
+    second = queue_fingerprint(tmp_path)
+    (exps / "celery/result").mkdir()
+    (exps / "celery/result/celery-task-meta-1").write_text("{}")
+    assert queue_fingerprint(tmp_path) != second
+    third = queue_fingerprint(tmp_path)
+    record.unlink()  # DVC cleaned the task up
+    assert queue_fingerprint(tmp_path) != third
 
 
 def test_epoch_accuracies_read_a_growing_history(tmp_path: Path) -> None:
