@@ -45,6 +45,7 @@ from mnistlab.params import (
     train_params,
     train_section,
 )
+from mnistlab.workspace import ROOT
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -99,6 +100,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def recorded(value: object) -> object:
+    """A setting as results.json records it: a path outside the repository is the reader's own, not recorded."""
+    if not isinstance(value, Path):
+        return value
+    absolute = value.resolve()
+    return str(absolute.relative_to(ROOT)) if absolute.is_relative_to(ROOT) else "a path outside the repository"
+
+
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     quiet_lightning()
@@ -124,7 +133,7 @@ def main(argv: Sequence[str]) -> None:
         torch.zeros(1, device=device)
         synchronize(device)
 
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    settings = {key: recorded(value) for key, value in vars(args).items()}
     report: dict = {"machine": machine(device), "settings": settings}
     print("machine: " + ", ".join(f"{key} {value}" for key, value in report["machine"].items()), flush=True)
     machine_figures = report["machine"]
