@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mnistlab.params import validate_all
+from mnistlab.tune import EXPS_DIR
 from tests.conftest import ROOT, dvc, git, update_params
 
 STAGES = ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
@@ -53,7 +54,7 @@ def queue_workers_running(project: Path) -> bool:
     """Whether one of DVC's queue workers may still be running in ``project``, read from the records DVC's
     task library keeps of them (``.dvc/tmp/exps/celery/dvc-exp-worker-N.json``), which get the worker's exit
     code when it ends: a worker stops 10 s after the queue is empty. No DVC process started to know it."""
-    for record in (project / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.json"):
+    for record in (project / EXPS_DIR / "celery").glob("dvc-exp-worker-*.json"):
         try:
             if json.loads(record.read_text()).get("returncode") is None:
                 return True
