@@ -15,8 +15,8 @@ from bench.common import median, stage_env, table
 SETTINGS = {"strict (default)": {}, "off (MKL_CBWR=)": {"MKL_CBWR": ""}}
 
 
-def worker(model_name: str, epochs: int, split_dir: Path) -> None:
-    """In a fresh process: one fit; prints MKL's mode and the seconds of each epoch as JSON."""
+def worker(model_names: list[str], epochs: int, split_dir: Path) -> None:
+    """In a fresh process: one fit of each model; prints MKL's mode and each fit's epoch seconds as JSON."""
     import torch
 
     from mnistlab.machine import mkl_mode
@@ -24,36 +24,39 @@ def worker(model_name: str, epochs: int, split_dir: Path) -> None:
     from mnistlab.training import EpochClock, fit
 
     raw = read_params()
-    params = parse_section(train_params(model_name), raw, train_section(model_name)).model_copy(
-        update={"epochs": epochs}
-    )
     trainer_params = parse_section(TrainerParams, raw, "trainer").model_copy(update={"accelerator": "cpu"})
-    trainer, _ = fit(model_name, params, trainer_params, 0, split_dir, None)
-    clock = next(callback for callback in trainer.callbacks if isinstance(callback, EpochClock))
+    epoch_s = {}
+    for name in model_names:
+        params = parse_section(train_params(name), raw, train_section(name)).model_copy(update={"epochs": epochs})
+        trainer, _ = fit(name, params, trainer_params, 0, split_dir, None)
+        clock = next(callback for callback in trainer.callbacks if isinstance(callback, EpochClock))
+        epoch_s[name] = clock.epoch_seconds
     capability = torch.backends.cpu.get_cpu_capability()
-    print(json.dumps({"mkl": mkl_mode(), "kernels": capability, "epoch_s": clock.epoch_seconds}))
+    print(json.dumps({"mkl": mkl_mode(), "kernels": capability, "epoch_s": epoch_s}))
 
 
 def measure(
     models: list[str], epochs: int, repeats: int, split_dir: Path, threads: int | None, settings: dict = SETTINGS
 ) -> dict:
-    """Median seconds per epoch of each model under each setting, ``repeats`` fresh processes each."""
-    results: dict = {}
-    for name in models:
-        for label, env in settings.items():
-            per_epoch, modes, kernels = [], set(), set()
-            for _ in range(repeats):
-                command = [sys.executable, "-m", "bench.strict_mode", name, str(epochs), str(split_dir)]
-                out = subprocess.run(command, env=stage_env(threads) | env, capture_output=True, text=True, check=True)
-                run = json.loads(out.stdout.strip().splitlines()[-1])
-                per_epoch.append(statistics.median(run["epoch_s"]))
-                modes.add(run["mkl"])
-                kernels.add(run["kernels"])
-            results.setdefault(name, {})[label] = {
-                "s_per_epoch": median(per_epoch),
-                "mkl": sorted(modes),
-                "kernels": sorted(kernels),
+    """Median seconds per epoch of each model under each setting: ``repeats`` fresh processes per setting,
+    each fitting every model (a process costs seconds of imports; the setting is per process)."""
+    runs: dict = {label: [] for label in settings}
+    for label, env in settings.items():
+        for _ in range(repeats):
+            command = [sys.executable, "-m", "bench.strict_mode", str(epochs), str(split_dir), *models]
+            out = subprocess.run(command, env=stage_env(threads) | env, capture_output=True, text=True, check=True)
+            runs[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = {
+        name: {
+            label: {
+                "s_per_epoch": median([statistics.median(run["epoch_s"][name]) for run in runs[label]]),
+                "mkl": sorted({run["mkl"] for run in runs[label]}),
+                "kernels": sorted({run["kernels"] for run in runs[label]}),
             }
+            for label in settings
+        }
+        for name in models
+    }
     return {"epochs": epochs, "repeats": repeats, "models": results}
 
 
@@ -78,4 +81,4 @@ def render(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
+    worker(sys.argv[3:], int(sys.argv[1]), Path(sys.argv[2]))

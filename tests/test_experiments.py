@@ -4,6 +4,8 @@ import json
 import re
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import yaml
 
 from mnistlab.params import validate_all
 from mnistlab.tune import EXPS_DIR
-from tests.conftest import ROOT, dvc, git, update_params
+from tests.conftest import ROOT, dvc, git, update_params, venv_env
 
 STAGES = ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
 
@@ -63,21 +65,54 @@ def queue_workers_running(project: Path) -> bool:
     return False
 
 
+ENDED = (4, 5, 6)  # DVC's TaskStatus: FAILED, CANCELED, FINISHED (the experiment collected and cleaned up)
+
+
+def queue_tasks_ended(project: Path) -> bool:
+    """Whether every task DVC's queue in ``project`` was given looks ended, from its files: no task message
+    waiting in the broker (``celery/broker/in/*.celery.msg``; ``*.pidbox.msg`` are DVC's own control messages)
+    and every executor record (``run/<task>/<task>.run``) in an ended state. A worker then still waits 10 s for
+    more work before it stops: this does not wait for that."""
+    exps = project / EXPS_DIR
+    if any((exps / "celery" / "broker" / "in").glob("*.celery.msg")):
+        return False
+    for record in (exps / "run").glob("*/*.run"):
+        try:
+            if json.loads(record.read_text()).get("status") not in ENDED:
+                return False
+        except (OSError, ValueError):  # being written
+            return False
+    return True
+
+
+def start_queue(project: Path, *options: str) -> None:
+    """`dvc queue start` in ``project``. Its workers outlive it and inherit its output: given a pipe, as
+    ``dvc()`` gives, they would hold it open, and the call would return only when they stop (10 s after the
+    queue is empty). So its output goes to a file."""
+    command = [sys.executable, "-m", "dvc", "queue", "start", *options]
+    with tempfile.TemporaryFile("w+") as output:
+        started = subprocess.run(command, cwd=project, env=venv_env(), stdout=output, stderr=subprocess.STDOUT)
+        output.seek(0)
+        assert started.returncode == 0, output.read()
+
+
 def wait_for_queue(project: Path, timeout_s: float = 900) -> str:
     """Wait until nothing is queued or running; the last `dvc queue status` output.
 
-    `dvc queue status` costs about 2 s of CPU, taken from the experiments it waits for: it is asked
-    only once DVC's workers have ended (asked again if a record was a previous start's)."""
+    `dvc queue status` costs about 2 s of CPU, taken from the experiments it waits for: it is asked only
+    once DVC's files say every task ended or its workers stopped, and asked again (after a pause) if it
+    still lists a task as queued or running: between taking a task and writing its record, a worker's
+    task is in neither file."""
     deadline = time.monotonic() + timeout_s
     status = ""
     while time.monotonic() < deadline:
-        if queue_workers_running(project):
+        if queue_workers_running(project) and not queue_tasks_ended(project):
             time.sleep(1)
             continue
         status = dvc(project, "queue", "status").stdout
         if not any(state in status for state in ("Queued", "Running")):
             return status
-        time.sleep(5)  # the records were a previous start's, or DVC's worker has not written its own yet
+        time.sleep(5)
     pytest.fail(f"the experiment queue did not finish in {timeout_s} s:\n{status}")
 
 

@@ -31,22 +31,34 @@ def real_split(mnist_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return folder
 
 
+def thread_probe(split: Path, out_dir: Path, threads: int, models: list[str], env: dict[str, str]) -> dict:
+    """tests/thread_probe.py in a fresh process: its JSON line."""
+    command = [sys.executable, "-m", "tests.thread_probe", str(split), str(out_dir), "--threads", str(threads)]
+    out = subprocess.run([*command, "--models", *models], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def fits_by_threads(real_split: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
+    """Each thread count in a fresh process, as a stage would run on a 1-, 2- or 4-core machine; both models
+    fit in each (their fits at OUT/t<threads>/<model>/)."""
+    folder = tmp_path_factory.mktemp("threads")
+    runs = {}
+    for threads in (1, 2, 4):
+        runs[threads] = thread_probe(real_split, folder / f"t{threads}", threads, ["mlp", "mlr"], venv_env())
+    return folder, runs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "mlr"])
-def test_a_fit_gives_the_same_bits_at_1_2_and_4_threads(model: str, real_split: Path, tmp_path: Path) -> None:
-    """Each thread count in a fresh process, as a stage would run on a 1-, 2- or 4-core machine."""
-    results = []
-    for threads in (1, 2, 4):
-        command = [sys.executable, "-m", "tests.thread_probe", str(real_split), str(tmp_path / f"t{threads}")]
-        command += ["--threads", str(threads), "--model", model]
-        out = subprocess.run(command, cwd=ROOT, env=venv_env(), capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert [result["threads"] for result in results] == [1, 2, 4]
-    assert len({(result["weights"], result["history"]) for result in results}) == 1, results
+def test_a_fit_gives_the_same_bits_at_1_2_and_4_threads(model: str, fits_by_threads: tuple[Path, dict]) -> None:
+    folder, runs = fits_by_threads
+    assert [run["threads"] for run in runs.values()] == [1, 2, 4]
+    assert len({(run["models"][model]["weights"], run["models"][model]["history"]) for run in runs.values()}) == 1, runs
     if torch.backends.mkl.is_available():
-        assert all(result["mkl"].endswith(",STRICT") for result in results)
-    checkpoints = {(tmp_path / f"t{threads}/model.ckpt").read_bytes() for threads in (1, 2, 4)}
+        assert all(run["mkl"].endswith(",STRICT") for run in runs.values())
+    checkpoints = {(folder / f"t{threads}" / model / "model.ckpt").read_bytes() for threads in runs}
     assert len(checkpoints) == 1  # the checkpoint files themselves, byte for byte
 
 
@@ -57,14 +69,9 @@ def test_without_the_strict_mode_the_thread_count_can_change_the_bits(real_split
     this project is developed on, the weight gradients' products then differ (bench/isa.py)."""
     digests = []
     for threads in (1, 2):
-        command = [sys.executable, "-m", "tests.thread_probe", str(real_split), str(tmp_path / f"t{threads}")]
-        command += ["--threads", str(threads)]
-        env = venv_env() | {"MKL_CBWR": ""}
-        out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        assert result["mkl"] == "OFF"
-        digests.append(result["weights"])
+        run = thread_probe(real_split, tmp_path / f"t{threads}", threads, ["mlp"], venv_env() | {"MKL_CBWR": ""})
+        assert run["mkl"] == "OFF"
+        digests.append(run["models"]["mlp"]["weights"])
     if digests[0] == digests[1]:  # not a failure: the strict mode's test above is what must hold
         pytest.skip("MKL's default gives the same bits at 1 and 2 threads on this CPU: nothing to contrast")
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from tests.conftest import ROOT, dvc, git, run, update_params, venv_env
-from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
+from tests.test_experiments import accuracy, experiments, ran, start_queue, wait_for_queue
 
 TRAINING = ["train_mlp", "train_mlr"]
 
@@ -70,10 +70,16 @@ def test_run_cache_restores_the_training_stages_on_another_machine(copy_trained,
     assert committed_files(second) == committed_files(first)  # dvc.lock, metrics, histories, figures
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now (all bound at once, so none is handed out twice)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def node_env(port: int, node_rank: int) -> dict[str, str]:
@@ -94,11 +100,12 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, weights_only=False)["state_dict"]
 
 
-def run_nodes(nodes: list[tuple[Path, list[str], int]], port: int, logs: Path, timeout_s: float) -> list[int]:
-    """Start each (folder, command, node rank) at once; their exit codes, or a failure after ``timeout_s``."""
+def run_nodes(nodes: list[tuple[Path, list[str], int]], ports: list[int], logs: Path, timeout_s: float) -> list[int]:
+    """Start each (folder, command, node rank) at once, each given its master's port; their exit codes, or a
+    failure after ``timeout_s``."""
     logs.mkdir(exist_ok=True)
     started = []
-    for folder, command, rank in nodes:
+    for (folder, command, rank), port in zip(nodes, ports, strict=True):
         with (logs / f"node{rank}.log").open("w") as log:
             env = node_env(port, rank)
             started.append(
@@ -142,7 +149,7 @@ def test_two_nodes_train_as_one_process_and_only_node_0_records(copy_trained, tm
     dvc(node1, "pull", "data/split")
     node1_before = files(node1)
     nodes = [(node0, ["dvc", "repro", "train_mlr"], 0), (node1, stage_command.split(), 1)]
-    codes = run_nodes(nodes, free_port(), tmp_path / "logs", timeout_s=600)
+    codes = run_nodes(nodes, free_ports(1) * 2, tmp_path / "logs", timeout_s=600)
     assert codes == [0, 0], [(tmp_path / f"logs/node{rank}.log").read_text() for rank in (0, 1)]
 
     # The same weights as one process with the same global batch, up to rounding: 2 partial sums
@@ -162,11 +169,14 @@ def test_two_nodes_train_as_one_process_and_only_node_0_records(copy_trained, tm
     assert files(node1) == node1_before, set(files(node1).items()) ^ set(node1_before.items())
 
     # A node that never joins: the other gives up after trainer.join_timeout_s with one clear line,
-    # node 0 (waiting for node 1 to register) as well as node 1 (waiting for node 0 to listen).
-    for node, (folder, *_) in enumerate(nodes):
+    # node 0 (waiting for node 1 to register) as well as node 1 (waiting for node 0 to listen). Both
+    # alone at once, each with a master port of its own, so that they do not find each other.
+    for folder, *_ in nodes:
         update_params(folder, {"trainer": {"join_timeout_s": 10}})
-        assert run_nodes([nodes[node]], free_port(), tmp_path / "alone", timeout_s=120) != [0]
+    codes = run_nodes(nodes, free_ports(2), tmp_path / "alone", timeout_s=120)
+    for node, code in enumerate(codes):
         output = (tmp_path / f"alone/node{node}.log").read_text()
+        assert code != 0, output
         assert re.search(rf"^error: the 2 DDP processes did not all join .*= 10 s .*rank {node},", output, re.M), output
     assert not (node1 / "models/mlr").exists()
 
@@ -183,7 +193,7 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(copy_trained,
         dvc(machine, "pull")  # the baseline's outputs: the MLP is reused, not retrained
         for experiment, rate in shares[name].items():
             dvc(machine, "exp", "run", "--queue", "-n", experiment, "-S", f"train_mlr.learning_rate={rate}")
-        dvc(machine, "queue", "start")
+        start_queue(machine)
     for machine in machines.values():
         status = wait_for_queue(machine)
         assert "Failed" not in status, status
