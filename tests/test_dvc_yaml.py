@@ -1,9 +1,5 @@
 """dvc.yaml, params.yaml and the code agree: deps, params keys, and what each stage imports."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 import yaml
 
@@ -12,13 +8,6 @@ from tests.conftest import ROOT
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC["stages"]
 TRAINING = {"train_mlp", "train_mlr"}
-
-
-def imported_modules(stage: str) -> set[str]:
-    """Every module importing ``stages.<stage>`` loads, in a fresh interpreter."""
-    code = f"import json, sys, stages.{stage}; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return set(json.loads(out))
 
 
 def test_stage_names_are_the_scripts() -> None:
@@ -30,8 +19,8 @@ def test_stage_names_are_the_scripts() -> None:
 
 @pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_deps_list_exactly_the_library_files_a_stage_imports(stage: str) -> None:
-    modules = imported_modules(stage)
+def test_deps_list_exactly_the_library_files_a_stage_imports(stage: str, imports_of) -> None:
+    modules = imports_of(f"stages.{stage}").modules  # in a fresh process
     imported = {f"{m.replace('.', '/')}.py" for m in modules if m.startswith("mnistlab.")}
     imported |= {"mnistlab/__init__.py"} if "mnistlab" in modules else set()  # it pins MKL's arithmetic
     listed = {dep for dep in STAGES[stage]["deps"] if dep.startswith("mnistlab/")}

@@ -1,7 +1,6 @@
 """Reproducible results: the same bits at any thread count, MKL's mode pinned in every stage, and
 `make verify`'s verdicts."""
 
-import functools
 import json
 import subprocess
 import sys
@@ -76,31 +75,12 @@ def test_without_the_strict_mode_the_thread_count_can_change_the_bits(real_split
         pytest.skip("MKL's default gives the same bits at 1 and 2 threads on this CPU: nothing to contrast")
 
 
-@functools.cache
-def probe(entry: str, env: tuple[tuple[str, str], ...] = ()) -> tuple[str, str | None, str]:
-    """A fresh process that imports ``entry`` (in ``env``, ATEN_CPU_CAPABILITY unset unless given): the
-    kernels ATen dispatches to, ATEN_CPU_CAPABILITY, then MKL's mode. One process per (entry, env)
-    serves both checks below: each costs seconds of imports."""
-    code = f"import {entry}, json, os, torch; capability = torch.backends.cpu.get_cpu_capability(); "
-    code += "variable = os.environ.get('ATEN_CPU_CAPABILITY'); from mnistlab.machine import mkl_mode; "
-    code += "print(json.dumps([mkl_mode(), variable, capability]))"
-    environment = {key: value for key, value in venv_env().items() if key != "ATEN_CPU_CAPABILITY"} | dict(env)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    mkl, variable, capability = json.loads(out.stdout.strip().splitlines()[-1])
-    return mkl, variable, capability
-
-
-def mkl_mode_in(stage: str, env: dict[str, str]) -> str:
-    return probe(f"stages.{stage}", tuple(sorted(env.items())))[0]
-
-
 @pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch's BLAS here is not MKL")
 @pytest.mark.parametrize("stage", STAGE_MODULES)
-def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stage: str) -> None:
-    assert mkl_mode_in(stage, {}).endswith(",STRICT")
-    assert mkl_mode_in(stage, {"MKL_CBWR": ""}) == "OFF"  # docs/reproducibility.md: how to turn it off
+def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stage: str, imports_of) -> None:
+    assert imports_of(f"stages.{stage}").mkl.endswith(",STRICT")
+    assert imports_of(f"stages.{stage}", {"MKL_CBWR": ""}).mkl == "OFF"  # docs/reproducibility.md: how to turn it off
 
 
 # ------------------------------------------------------------------ ATen's AVX2 kernels by default (issue 17)
@@ -109,10 +89,10 @@ CPU_FLAGS = cpu_flags()
 X86_AVX2 = has_avx2()
 
 
-def dispatched(entry: str, env: dict[str, str]) -> tuple[str | None, str]:
+def dispatched(imports_of, entry: str, env: dict[str, str] | None = None) -> tuple[str | None, str]:
     """In a fresh process after importing ``entry``: ATEN_CPU_CAPABILITY and the kernels ATen dispatches to."""
-    _, variable, capability = probe(entry, tuple(sorted(env.items())))
-    return variable, capability
+    imported = imports_of(entry, env)
+    return imported.aten_variable, imported.capability
 
 
 ENTRY_POINTS = [*(f"stages.{name}" for name in [*STAGE_MODULES, "train_mlp"]), "mnistlab.predict", "mnistlab.verify"]
@@ -122,22 +102,22 @@ ENTRY_POINTS += ["mnistlab.report", "bench.cli", "tests.conftest"]
 @pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not X86_AVX2, reason="not an x86-64 CPU with AVX2: nothing is set, see the test below")
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_every_entry_point_runs_atens_avx2_kernels_on_x86(entry: str) -> None:
-    assert dispatched(entry, {}) == ("avx2", "AVX2")
+def test_every_entry_point_runs_atens_avx2_kernels_on_x86(entry: str, imports_of) -> None:
+    assert dispatched(imports_of, entry) == ("avx2", "AVX2")
 
 
 @pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif("avx512f" not in CPU_FLAGS, reason="this CPU has no AVX-512: it runs AVX2 kernels anyway")
-def test_on_an_avx512_cpu_the_default_is_what_changes_the_kernels() -> None:
+def test_on_an_avx512_cpu_the_default_is_what_changes_the_kernels(imports_of) -> None:
     """The contrast: without the default ATen picks AVX-512 here; a value the user sets wins."""
-    assert dispatched("mnistlab", {"ATEN_CPU_CAPABILITY": "avx512"}) == ("avx512", "AVX512")
-    assert dispatched("torch", {})[1] == "AVX512"
+    assert dispatched(imports_of, "mnistlab", {"ATEN_CPU_CAPABILITY": "avx512"}) == ("avx512", "AVX512")
+    assert dispatched(imports_of, "torch")[1] == "AVX512"
 
 
 @pytest.mark.slow  # fresh Python processes that import torch: seconds each
 @pytest.mark.skipif(not X86_AVX2 or "avx512f" in CPU_FLAGS, reason="needs an AVX2-only x86-64 CPU (a laptop)")
-def test_on_an_avx2_only_cpu_the_same_kernels_run() -> None:
-    assert dispatched("mnistlab", {}) == ("avx2", "AVX2") == ("avx2", dispatched("torch", {})[1])
+def test_on_an_avx2_only_cpu_the_same_kernels_run(imports_of) -> None:
+    assert dispatched(imports_of, "mnistlab") == ("avx2", "AVX2") == ("avx2", dispatched(imports_of, "torch")[1])
 
 
 def test_avx2_is_asked_for_only_where_the_cpu_runs_it() -> None:
