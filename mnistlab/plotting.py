@@ -59,21 +59,30 @@ def misclassified_figure(
 ) -> Figure:
     """The test digits the model gets wrong, most confident mistakes first (ties: lower test index first).
 
-    ``images[i]`` is the test image whose canonical index is ``indices[i]``.
+    ``images[i]`` is the test image whose canonical index is ``indices[i]``. The digits are tiles of one
+    image, each under its caption (one axes instead of 32: a third of the time to lay out and draw).
     """
     wrong = predictions[predictions.actual != predictions.predicted]
     # confidences tie (many mistakes at 100%): the index decides, so the figure is the same on every run
     wrong = wrong.sort_values(["confidence", "index"], ascending=[False, True], kind="stable").head(columns * rows)
     row_of = pd.Series(np.arange(len(indices)), index=indices)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows))
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
-        ax.imshow(images[row_of[int(row["index"])]], cmap="gray_r")
-        ax.set_title(f"true {row.actual:.0f}, pred {row.predicted:.0f}\n{row.confidence:.0%}", fontsize=8)
+    side = images.shape[-1]
+    caption, gap = side // 3, side // 7  # image pixels: the band above each digit for its caption, between tiles
+    tile_height, tile_width = caption + side + gap, side + gap
+    mosaic = np.zeros((rows * tile_height, columns * tile_width), dtype=images.dtype)  # 0: white in gray_r
+    width, title = 1.6 * columns, 0.5  # inches: the mosaic fills the width, the title gets a band above it
+    height = width * mosaic.shape[0] / mosaic.shape[1] + title
+    fig, ax = plt.subplots(figsize=(width, height))
+    for place, (_, row) in enumerate(wrong.iterrows()):
+        top, left = (place // columns) * tile_height + caption, (place % columns) * tile_width + gap // 2
+        mosaic[top : top + side, left : left + side] = images[row_of[int(row["index"])]]
+        label = f"true {row.actual:.0f}, pred {row.predicted:.0f}\n{row.confidence:.0%}"
+        ax.text(left + (side - 1) / 2, top - 1, label, ha="center", va="bottom", fontsize=8)
+    ax.imshow(mosaic, cmap="gray_r")
+    ax.axis("off")
     total = int((predictions.actual != predictions.predicted).sum())
     fig.suptitle(f"{model_title}: the most confident mistakes ({len(wrong)} of {total})")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - title / height)
     return fig
 
 
@@ -97,7 +106,8 @@ def confusion_figure(predictions: dict[str, pd.DataFrame]) -> Figure:
         ax.imshow(counts.to_numpy() + 1, cmap="Blues", norm=matplotlib.colors.LogNorm())
         for (actual, predicted), count in counts.stack().items():
             colour = "white" if count > counts.to_numpy().max() / 10 else "black"
-            ax.text(predicted, actual, count, ha="center", va="center", fontsize=7, color=colour)
+            text = ax.text(predicted, actual, count, ha="center", va="center", fontsize=7, color=colour)
+            text.set_in_layout(False)  # inside its cell: the layout need not measure 200 texts
         ax.set(
             xticks=range(10), yticks=range(10), xlabel="Predicted", ylabel="Actual", title=MODEL_TITLES.get(name, name)
         )
