@@ -55,6 +55,9 @@ EXPS_DIR = Path(".dvc/tmp/exps")  # DVC's queue: run/ (executors), celery/ (brok
 EXEC_RUN_DIR = EXPS_DIR / "run"  # <task>/<task>.run (executor info), <task>.out (its log)
 POLL_S = 5.0  # between two looks at the queue's files (and the running trials' histories)
 STATUS_EVERY_S = 60.0  # `dvc queue status` at least this often, even when the queue's files did not change
+# DVC's TaskStatus (dvc/repo/experiments/executor/base.py), as an executor record stores it; ENDED: FAILED,
+# CANCELED, FINISHED (the experiment collected and cleaned up)
+RUNNING, ENDED = 2, (4, 5, 6)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a study's name: part of a git ref
 
 
@@ -299,15 +302,28 @@ def running_histories(root: Path, model: str) -> dict[str, Path]:
     after DVC removed the outputs it checked out from the baseline.
     """
     found = {}
-    for info_file in sorted((root / EXEC_RUN_DIR).glob("*/*.run")):
+    for info_file, info in executor_records(root).items():
+        if info is None:
+            continue
         try:
-            info = json.loads(info_file.read_text())
             log = info_file.with_suffix(".out").read_text(errors="replace")
-        except (OSError, ValueError):
+        except OSError:
             continue  # being written
         if info.get("name") and info.get("root_dir") and f"Running stage '{train_section(model)}'" in log:
             found[info["name"]] = Path(info["root_dir"]) / "models" / model / HISTORY
     return found
+
+
+def executor_records(root: Path) -> dict[Path, dict | None]:
+    """DVC's executor record of each queued task (``run/<task>/<task>.run``: name, root_dir, status), by file
+    in name order; None for one being written."""
+    records: dict[Path, dict | None] = {}
+    for info_file in sorted((root / EXEC_RUN_DIR).glob("*/*.run")):
+        try:
+            records[info_file] = json.loads(info_file.read_text())
+        except (OSError, ValueError):
+            records[info_file] = None
+    return records
 
 
 def queue_fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
@@ -340,8 +356,10 @@ def worker_threads(jobs: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
-def start_workers(jobs: int) -> None:
-    """``dvc queue start -j JOBS``: its workers outlive it, so they get no pipe of ours to hold open.
+def start_workers(jobs: int, root: Path | None = None) -> None:
+    """``dvc queue start -j JOBS`` (in ``root``, default the current folder): its workers outlive it and
+    inherit its output, so they get no pipe of ours to hold open (given one, the call would return only
+    when they stop, 10 s after the queue is empty).
 
     Each trial gets its share of the cores (``OMP_NUM_THREADS``, unless set): two trainings of two
     threads each on 2 cores spend their time waiting for each other. In MKL's strict mode the thread
@@ -349,7 +367,7 @@ def start_workers(jobs: int) -> None:
     """
     command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
     env = {"OMP_NUM_THREADS": str(worker_threads(jobs))} | venv_env()  # the user's own setting wins
-    started = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    started = subprocess.run(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     if started.returncode != 0:
         raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): run it to see why")
 

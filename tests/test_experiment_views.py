@@ -20,10 +20,11 @@ import pytest
 import yaml
 from torchvision.io import read_image
 
+from mnistlab.tune import start_workers
 from mnistlab.workspace import venv_env
 from tests.conftest import TrainedProject, copy_built, dvc, git
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
-from tests.test_experiments import accuracy, experiments, ran, start_queue, wait_for_queue
+from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
 
 pytestmark = pytest.mark.slow
 RATES, BATCHES = (0.001, 0.003), (128, 256)
@@ -41,7 +42,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, trained_project: TrainedProj
     shutil.copytree(VENDOR, project / "html" / "vendor")  # git-ignored, as in a clone after `make`
     queued = dvc(project, "exp", "run", "--queue", *GRID).stdout
     assert queued.count("Queued experiment") == 4, queued
-    start_queue(project, "-j", "2")
+    start_workers(2, project)
     status = wait_for_queue(project)
     assert "Failed" not in status, status
     return project

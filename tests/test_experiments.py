@@ -4,8 +4,6 @@ import json
 import re
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +12,8 @@ import pytest
 import yaml
 
 from mnistlab.params import validate_all
-from mnistlab.tune import EXPS_DIR
-from tests.conftest import ROOT, dvc, git, update_params, venv_env
+from mnistlab.tune import ENDED, EXPS_DIR, executor_records
+from tests.conftest import ROOT, dvc, git, update_params
 
 STAGES = ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
 
@@ -65,35 +63,14 @@ def queue_workers_running(project: Path) -> bool:
     return False
 
 
-ENDED = (4, 5, 6)  # DVC's TaskStatus: FAILED, CANCELED, FINISHED (the experiment collected and cleaned up)
-
-
 def queue_tasks_ended(project: Path) -> bool:
     """Whether every task DVC's queue in ``project`` was given looks ended, from its files: no task message
     waiting in the broker (``celery/broker/in/*.celery.msg``; ``*.pidbox.msg`` are DVC's own control messages)
-    and every executor record (``run/<task>/<task>.run``) in an ended state. A worker then still waits 10 s for
-    more work before it stops: this does not wait for that."""
-    exps = project / EXPS_DIR
-    if any((exps / "celery" / "broker" / "in").glob("*.celery.msg")):
+    and every executor record in an ended state. A worker then still waits 10 s for more work before it
+    stops: this does not wait for that."""
+    if any((project / EXPS_DIR / "celery" / "broker" / "in").glob("*.celery.msg")):
         return False
-    for record in (exps / "run").glob("*/*.run"):
-        try:
-            if json.loads(record.read_text()).get("status") not in ENDED:
-                return False
-        except (OSError, ValueError):  # being written
-            return False
-    return True
-
-
-def start_queue(project: Path, *options: str) -> None:
-    """`dvc queue start` in ``project``. Its workers outlive it and inherit its output: given a pipe, as
-    ``dvc()`` gives, they would hold it open, and the call would return only when they stop (10 s after the
-    queue is empty). So its output goes to a file."""
-    command = [sys.executable, "-m", "dvc", "queue", "start", *options]
-    with tempfile.TemporaryFile("w+") as output:
-        started = subprocess.run(command, cwd=project, env=venv_env(), stdout=output, stderr=subprocess.STDOUT)
-        output.seek(0)
-        assert started.returncode == 0, output.read()
+    return all(info is not None and info.get("status") in ENDED for info in executor_records(project).values())
 
 
 def wait_for_queue(project: Path, timeout_s: float = 900) -> str:

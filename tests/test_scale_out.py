@@ -17,8 +17,9 @@ import pytest
 import torch
 import yaml
 
+from mnistlab.tune import start_workers
 from tests.conftest import ROOT, dvc, git, run, update_params, venv_env
-from tests.test_experiments import accuracy, experiments, ran, start_queue, wait_for_queue
+from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
 
 TRAINING = ["train_mlp", "train_mlr"]
 
@@ -193,7 +194,7 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(copy_trained,
         dvc(machine, "pull")  # the baseline's outputs: the MLP is reused, not retrained
         for experiment, rate in shares[name].items():
             dvc(machine, "exp", "run", "--queue", "-n", experiment, "-S", f"train_mlr.learning_rate={rate}")
-        start_queue(machine)
+        start_workers(1, machine)
     for machine in machines.values():
         status = wait_for_queue(machine)
         assert "Failed" not in status, status

@@ -12,12 +12,13 @@ import pytest
 import yaml
 
 from mnistlab.tune import (
-    EXEC_RUN_DIR,
+    RUNNING,
     SPACE_FILE,
     Experiment,
     SpaceError,
     best_experiment,
     epoch_accuracies,
+    executor_records,
     parse_space,
     queue_fingerprint,
     queue_states,
@@ -302,16 +303,12 @@ def test_a_study_is_dvc_experiments_and_resumes_to_exactly_n_trials(copy_trained
 
 
 def executor_running(project: Path, name: str) -> bool:
-    """Whether DVC's executor record of the queued experiment ``name`` (``run/<task>/<task>.run``) says it is
-    running (DVC's TaskStatus.RUNNING: its stages are being reproduced)."""
-    for record in (project / EXEC_RUN_DIR).glob("*/*.run"):
-        try:
-            info = json.loads(record.read_text())
-        except (OSError, ValueError):  # being written
-            continue
-        if info.get("name") == name and info.get("status") == 2:
-            return True
-    return False
+    """Whether DVC's executor record of the queued experiment ``name`` says it is running (its stages are
+    being reproduced)."""
+    return any(
+        info and info.get("name") == name and info.get("status") == RUNNING
+        for info in executor_records(project).values()
+    )
 
 
 @pytest.mark.slow
