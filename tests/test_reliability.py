@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import dvc, git, update_params, venv_env
+from tests.conftest import TrainedProject, dvc, git, update_params, venv_env
 
 pytestmark = pytest.mark.slow
 HANG_GUARD_S = 600  # only against a hang: no test asserts how long anything takes
@@ -46,8 +46,8 @@ def no_repro_left_running() -> Iterator[None]:
 class Repro:
     """`dvc repro` in the background, in its own process group, with its output read line by line."""
 
-    def __init__(self, project: Path, *args: str) -> None:
-        env = venv_env() | {"PYTHONUNBUFFERED": "1"}  # the stage's lines arrive as they are printed
+    def __init__(self, project: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        env = (env or venv_env()) | {"PYTHONUNBUFFERED": "1"}  # the stage's lines arrive as they are printed
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro", *args],
             cwd=project,
@@ -107,13 +107,35 @@ def training_started(repro: Repro, stage: str) -> None:
     assert repro.process.poll() is None, f"dvc repro ended before training was interrupted:\n{repro.output}"
 
 
-def test_forced_rerun_is_bit_identical_and_a_second_repro_is_locked_out(copy_trained) -> None:
-    project = copy_trained()  # the reference run, committed
-    reference = digests(project, CHECKPOINTS)
+# Loaded by every Python process of the clone's `dvc repro` (PYTHONPATH): the CPU reads as another model.
+OTHER_CPU_MODEL = """
+import mnistlab.machine as machine
 
-    first = Repro(project, "-f")  # every stage again, from the same inputs
+real = machine.cpu_model
+machine.cpu_model = lambda: real() | {"cpu": "Imaginary CPU 9000", "cpu_family_model": "99/42"}
+"""
+
+
+def test_a_fresh_clone_on_another_cpu_reruns_to_a_clean_git_status_and_locks_out_a_second_repro(
+    trained_project: TrainedProject, tmp_path: Path
+) -> None:
+    """The README's first command on another machine: a fresh clone (no DVC cache, so every stage whose
+    outputs are not in git reruns) on another CPU model gives the committed bytes. While it runs, a second
+    `dvc repro` is refused and does not disturb it. Then a forced rerun of evaluate and plot changes no byte.
+
+    (This was two tests: the fresh clone, and `dvc repro -f` of the whole pipeline in a copy, whose
+    retraining this run does too.)"""
+    project = trained_project.path  # the reference run, committed; git clone only reads it
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    shim = tmp_path / "other_cpu"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(OTHER_CPU_MODEL)
+    env = venv_env() | {"PYTHONPATH": os.pathsep.join([str(shim), str(clone)])}
+
+    first = Repro(clone, env=env)
     first.wait_for("Running stage 'train_mlp'")
-    second = dvc(project, "repro", check=False)
+    second = dvc(clone, "repro", check=False)
     assert second.returncode != 0
     # DVC releases its repo lock while a stage's command runs; the per-file lock then refuses.
     blocked_by_first = re.search(rf"is being blocked by:\s+\(PID {first.process.pid}\)", second.stderr)
@@ -122,10 +144,19 @@ def test_forced_rerun_is_bit_identical_and_a_second_repro_is_locked_out(copy_tra
     assert first.process.poll() is None, "the second dvc repro must not stop the first"
     assert first.finish() == 0, first.output
 
-    assert digests(project, CHECKPOINTS) == reference  # the checkpoints, byte for byte
-    git(project, "diff", "--exit-code", "--stat", "metrics/", "plots/history/", "plots/predictions/")
-    assert git(project, "status", "--porcelain", "metrics/", "plots/", "dvc.lock") == ""
-    assert "up to date" in dvc(project, "status").stdout
+    for stage in ("download", "split", "train_mlp", "train_mlr"):  # their outputs are in no clone
+        assert f"Running stage '{stage}'" in first.output, first.output
+    for stage in ("evaluate", "plot"):  # the retrained models hash as committed, so nothing downstream reruns
+        assert f"Stage '{stage}' didn't change, skipping" in first.output, first.output
+    assert "'cpu_family_model': '99/42'" in first.output, first.output  # the training log: the whole record
+    assert digests(clone, CHECKPOINTS) == digests(project, CHECKPOINTS)  # the checkpoints, byte for byte
+    assert git(clone, "status", "--porcelain") == ""
+
+    forced = Repro(clone, "-f", "-s", "evaluate", "plot", env=env)  # the figures from identical predictions
+    assert forced.finish() == 0, forced.output
+    assert "Running stage 'evaluate'" in forced.output and "Running stage 'plot'" in forced.output, forced.output
+    assert git(clone, "status", "--porcelain") == ""  # metrics, histories, predictions, figures, dvc.lock
+    assert "up to date" in dvc(clone, "status").stdout
 
 
 def test_killed_training_reruns_to_a_complete_result(copy_trained) -> None:
