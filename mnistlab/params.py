@@ -7,7 +7,7 @@ what is allowed. Unknown keys inside a section are errors too: a typo must not b
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -188,13 +188,30 @@ def train_section(model_name: str) -> str:
     return f"train_{model_name}"
 
 
-def validate_all(raw: Mapping[str, Any]) -> None:
-    """Check every section at once (tests and ``make check``); unknown top-level keys are errors."""
+# The params each stage reads, in the order it reads them: dvc.yaml's `params:` lists the same
+# (tests/test_dvc_yaml.py), so that DVC reruns a stage when one of them changes.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "download": ("download",),
+    "split": ("split", "seed"),
+    "train_mlp": ("train_mlp", "trainer", "seed"),
+    "train_mlr": ("train_mlr", "trainer", "seed"),
+    "evaluate": ("evaluate",),
+    "plot": (),
+}
+
+
+def check_sections(raw: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Check the sections ``names`` of ``raw`` (and the top-level seed) as the stages read them."""
     sections = {"download": DownloadParams, "split": SplitParams, "trainer": TrainerParams, "evaluate": EvaluateParams}
     sections |= {train_section(name): train_params(name) for name in MODEL_NAMES}
-    unknown = sorted(set(raw) - set(sections) - {"seed"})
+    for name in names:
+        seed(raw) if name == "seed" else parse_section(sections[name], raw, name)
+
+
+def validate_all(raw: Mapping[str, Any]) -> None:
+    """Check every section at once (tests and ``make check``); unknown top-level keys are errors."""
+    sections = ["seed", "download", "split", "trainer", "evaluate", *map(train_section, MODEL_NAMES)]
+    unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ParamsError(f"params.yaml: unknown section(s) {', '.join(unknown)}")
-    seed(raw)
-    for name, cls in sections.items():
-        parse_section(cls, raw, name)
+    check_sections(raw, sections)

@@ -24,6 +24,14 @@ def run_stage(main: Callable[[Sequence[str]], None]) -> None:
         sys.exit(1)
 
 
+def check_params_first(stage: str) -> None:
+    """Check the params ``stage`` reads before the stage imports torch (seconds; Lightning: more), so that a
+    mistake in params.yaml is its one error line at once. The stage reads them again for their values."""
+    from mnistlab.params import STAGE_PARAMS, check_sections, read_params
+
+    run_stage(lambda argv: check_sections(read_params(), STAGE_PARAMS[stage]))
+
+
 def write_json(path: Path, content: dict, sort_keys: bool = True) -> None:
     """Pretty JSON, key-sorted unless the caller's order is the point, so ``git diff`` shows what changed."""
     path.parent.mkdir(parents=True, exist_ok=True)

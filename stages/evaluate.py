@@ -5,6 +5,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from mnistlab.stage import CHECKPOINT, HISTORY, MACHINE, SUMMARY, check_params_first, copy_file, run_stage, write_json
+
+if __name__ == "__main__":
+    check_params_first("evaluate")  # before torch loads: a typo costs a second, not four
+
 import pandas as pd
 
 from mnistlab.data import in_index_order, load_split
@@ -17,7 +22,6 @@ from mnistlab.evaluation import (
     score,
 )
 from mnistlab.params import MODEL_NAMES, EvaluateParams, parse_section, read_params
-from mnistlab.stage import CHECKPOINT, HISTORY, MACHINE, SUMMARY, copy_file, run_stage, write_json
 
 
 def main(argv: Sequence[str]) -> None:

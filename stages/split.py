@@ -5,9 +5,13 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from mnistlab.stage import check_params_first, run_stage, write_json
+
+if __name__ == "__main__":
+    check_params_first("split")  # before torch loads: a typo costs a second, not four
+
 from mnistlab.data import describe, read_mnist, save_split, split_indices, take
 from mnistlab.params import SplitParams, parse_section, read_params, seed
-from mnistlab.stage import run_stage, write_json
 
 
 def main(argv: Sequence[str]) -> None:

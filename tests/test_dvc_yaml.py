@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+from mnistlab.params import STAGE_PARAMS
 from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -43,6 +44,7 @@ def test_params_keys_exist_and_are_the_ones_each_stage_reads() -> None:
     }
     for name, stage in STAGES.items():
         assert stage.get("params", []) == reads[name], name
+        assert sorted(STAGE_PARAMS[name]) == reads[name], name  # what the stage checks before its imports
         assert all(key in params for key in stage.get("params", []))
 
 

@@ -177,7 +177,6 @@ STAGE_ARGS = {
         f"{OUT}/pc.csv",
     ],
 }
-torch_stage = pytest.mark.slow  # these import torch and Lightning: seconds each
 BAD_PARAMS = [
     pytest.param(
         "download",
@@ -202,14 +201,12 @@ BAD_PARAMS = [
         {"split": {"validation_fraction": 1.5}},
         ["split.validation_fraction = 1.5 is not allowed: expected a number in (0.0, 1.0)"],
         id="split-fraction",
-        marks=torch_stage,
     ),
     pytest.param(
         "split",
         {"seed": "zero"},
         ["seed = 'zero' is not allowed: expected an integer >= 0"],
         id="split-seed",
-        marks=torch_stage,
     ),
     pytest.param(
         "train_mlp",
@@ -219,7 +216,6 @@ BAD_PARAMS = [
             "train_mlp.batch_size = 2.5 is not allowed: expected an integer >= 1",
         ],
         id="train_mlp-two-bad-values",
-        marks=torch_stage,
     ),
     pytest.param(  # the section a stage reads second is checked as strictly as the first
         "train_mlr",
@@ -230,22 +226,39 @@ BAD_PARAMS = [
             "trainer.accelerator = 'gpus' is not allowed: expected one of auto, cpu, gpu, cuda, mps, tpu",
         ],
         id="train_mlr-trainer-typo-and-bad-value",
-        marks=torch_stage,
     ),
     pytest.param(
         "evaluate",
         {"evaluate": {"batch_size": "all"}},
         ["evaluate.batch_size = 'all' is not allowed: expected an integer >= 1"],
         id="evaluate-batch-size",
-        marks=torch_stage,
     ),
 ]
 
 
+# Loaded first by the stage's Python (PYTHONPATH): importing torch (or Lightning, which imports it) fails.
+NO_TORCH = """
+import sys
+
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "pytorch_lightning"):
+            raise ImportError(f"{name} imported before the params were checked (tests/test_stage_errors.py)")
+
+
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
 @pytest.mark.parametrize(("stage", "changes", "messages"), BAD_PARAMS)
 def test_bad_params_stop_the_stage_before_it_does_anything(tmp_path, stage, changes, messages) -> None:
+    """Before it imports torch, too (seconds of start-up; Lightning's more): the error comes at once."""
     write_params(tmp_path, changes)
-    result = run_stage(tmp_path, stage, *STAGE_ARGS[stage])
+    shim = tmp_path / "no_torch"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(NO_TORCH)
+    result = run_stage(tmp_path, stage, *STAGE_ARGS[stage], env={"PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])})
     stderr = assert_one_clear_error(result, *messages)
     assert stderr.startswith("error: params.yaml") and len(stderr.splitlines()) == 1
     assert not (tmp_path / OUT).exists()
