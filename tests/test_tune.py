@@ -259,7 +259,7 @@ def executor_running(project: Path, name: str) -> bool:
 def kill_when_running(project: Path, name: str, tuner: subprocess.Popen) -> None:
     """`dvc queue kill` the trial ``name`` once it trains, as the OOM killer would."""
     deadline, status = time.monotonic() + 600, ""
-    while not (executor_running(project, name) and f"{name}  " in status and "Running" in status):
+    while not (executor_running(project, name) and queue_states(status).get(name) == "Running"):
         assert time.monotonic() < deadline and tuner.poll() is None, status
         time.sleep(1)
         if executor_running(project, name):  # then DVC is asked: each `dvc queue status` is ~2 s of CPU
