@@ -6,8 +6,9 @@ git commit give the experiment its baseline. Then, each time from that baseline 
 
 - the wall time of `dvc exp run -S train_mlr.epochs=1` (median of the repeats) and its fit's line;
 - each stage process under DVC, timed from inside by bench/stage_clock/sitecustomize.py (on
-  PYTHONPATH): its start-up (process start to its first read of a project file, params.yaml or an
-  input: the imports) and its total; DVC's own cost is the wall time less the stage processes;
+  PYTHONPATH): its start-up (process start to its first read of an input dvc.yaml passes it: the
+  imports; params.yaml, read once before them, does not count) and its total; DVC's own cost is the
+  wall time less the stage processes;
 - the same command once more with the run-cache kept: DVC restores the stages instead of running them;
 - the same command under DVC's `--cprofile-dump`: where DVC's own time goes, by function;
 - a queued experiment: `dvc exp run --queue`, `dvc queue start`, until its experiment ref exists;
@@ -306,7 +307,7 @@ def render(result: dict) -> str:
     for name, stage in summary["stages"].items():
         rows.append(
             [
-                f"  stage {name}: start-up (to 1st read) / process",
+                f"  stage {name}: start-up (to its 1st input) / process",
                 seconds(stage["startup_s"]),
                 seconds(stage["process_s"]),
             ]

@@ -23,7 +23,7 @@ from bench.experiment import dvc_own_seconds, fit_seconds, own_time_by_package, 
 from bench.gpu import largest_difference
 from bench.lab import DEPS, lab_seconds
 from bench.pipeline import RUNNING_STAGE, split_by_stage
-from bench.stage_clock.sitecustomize import is_relative, stage_of, started_at
+from bench.stage_clock.sitecustomize import is_stage_input, stage_of, started_at
 from mnistlab.workspace import ROOT, venv_env
 
 # A machine without DVC and torchinfo, as `make bench-gpu` must work on: an import hook, loaded at
@@ -117,8 +117,9 @@ def test_stage_clock_knows_a_stage_process_and_its_start() -> None:
     # /proc/<pid>/stat: the name in parentheses may hold spaces and ")"; field 22 is the start in ticks
     stat = "4242 (python (a) b) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 123450 99 0"
     assert started_at(stat, 100) == pytest.approx(1234.5)
-    assert is_relative("params.yaml") and is_relative(Path("data/split/test.pt"))
-    assert not is_relative("/venv/lib/python3.11/site-packages/torch/__init__.py") and not is_relative(3)
+    assert is_stage_input(Path("data/split/test/images.npy")) and is_stage_input(b"models/mlp/model.ckpt")
+    assert not is_stage_input("/venv/lib/python3.11/site-packages/torch/__init__.py") and not is_stage_input(3)
+    assert not is_stage_input("params.yaml")  # read before the imports, to check it: not the start of the work
 
 
 def test_experiment_times_stage_processes_and_what_dvc_adds() -> None:

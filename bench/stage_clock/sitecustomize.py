@@ -1,8 +1,9 @@
 """Loaded at start-up (on PYTHONPATH) by every Python process of a timed DVC run (bench/experiment.py).
 
 A stage process (``python -m stages.<name> ...``) writes, as JSON in the folder $MNISTLAB_STAGE_CLOCK,
-when it started, when it first opened a file by a relative path (its first work, the imports done:
-params.yaml or an input dvc.yaml passed it; libraries open absolute paths) and when it exited.
+when it started, when it first opened an input by a relative path (its first work, the imports done:
+a path dvc.yaml passed it; libraries open absolute paths; params.yaml does not count, as a stage reads
+it once before its imports to check it) and when it exited.
 Any other process (DVC itself, a test importing this file) installs nothing.
 """
 
@@ -36,9 +37,12 @@ def stage_of(argv: Sequence[str]) -> str | None:
     return module.removeprefix("stages.") if module.startswith("stages.") else None
 
 
-def is_relative(path: object) -> bool:
-    """Whether ``open`` was given a relative path (not a file descriptor, not an absolute path)."""
-    return isinstance(path, (str, bytes, os.PathLike)) and not os.path.isabs(path)
+def is_stage_input(path: object) -> bool:
+    """Whether ``open`` was given a relative path (not a file descriptor, not an absolute path) other than
+    params.yaml, which a stage reads before its imports (mnistlab.stage.check_params_first)."""
+    if not isinstance(path, (str, bytes, os.PathLike)) or os.path.isabs(path):
+        return False
+    return os.path.basename(os.fsdecode(path)) != "params.yaml"
 
 
 def process_start() -> float:
@@ -56,7 +60,7 @@ def install() -> None:
     marks = {"stage": stage, "pid": os.getpid(), "start": process_start(), "first_read": None, "end": None}
 
     def on_open(event: str, args: tuple) -> None:
-        if event == "open" and marks["first_read"] is None and is_relative(args[0]):
+        if event == "open" and marks["first_read"] is None and is_stage_input(args[0]):
             marks["first_read"] = now()
 
     def write() -> None:  # registered first, so it runs after every other exit handler
