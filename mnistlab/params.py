@@ -205,7 +205,10 @@ def check_sections(raw: Mapping[str, Any], names: Sequence[str]) -> None:
     sections = {"download": DownloadParams, "split": SplitParams, "trainer": TrainerParams, "evaluate": EvaluateParams}
     sections |= {train_section(name): train_params(name) for name in MODEL_NAMES}
     for name in names:
-        seed(raw) if name == "seed" else parse_section(sections[name], raw, name)
+        if name == "seed":
+            seed(raw)
+        else:
+            parse_section(sections[name], raw, name)
 
 
 def validate_all(raw: Mapping[str, Any]) -> None:
