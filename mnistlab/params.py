@@ -200,21 +200,28 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Every section of params.yaml and the model that checks it; the seed, a top-level value, is checked by seed().
+SECTIONS: dict[str, type[Section]] = {
+    "download": DownloadParams,
+    "split": SplitParams,
+    "trainer": TrainerParams,
+    "evaluate": EvaluateParams,
+    **{train_section(name): train_params(name) for name in MODEL_NAMES},
+}
+
+
 def check_sections(raw: Mapping[str, Any], names: Sequence[str]) -> None:
     """Check the sections ``names`` of ``raw`` (and the top-level seed) as the stages read them."""
-    sections = {"download": DownloadParams, "split": SplitParams, "trainer": TrainerParams, "evaluate": EvaluateParams}
-    sections |= {train_section(name): train_params(name) for name in MODEL_NAMES}
     for name in names:
         if name == "seed":
             seed(raw)
         else:
-            parse_section(sections[name], raw, name)
+            parse_section(SECTIONS[name], raw, name)
 
 
 def validate_all(raw: Mapping[str, Any]) -> None:
     """Check every section at once (tests and ``make check``); unknown top-level keys are errors."""
-    sections = ["seed", "download", "split", "trainer", "evaluate", *map(train_section, MODEL_NAMES)]
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
     if unknown:
         raise ParamsError(f"params.yaml: unknown section(s) {', '.join(unknown)}")
-    check_sections(raw, sections)
+    check_sections(raw, ["seed", *SECTIONS])

@@ -33,6 +33,14 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.C
     return result
 
 
+def sitecustomize_env(folder: Path, code: str, *path: Path) -> dict[str, str]:
+    """The tests' environment, in which every Python started runs ``code`` first (written to
+    ``folder``/sitecustomize.py, found through PYTHONPATH), then finds modules on ``path``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(code)
+    return venv_env() | {"PYTHONPATH": os.pathsep.join(str(entry) for entry in (folder, *path))}
+
+
 def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], project, check=check)
 

@@ -25,6 +25,7 @@ from bench.lab import DEPS, lab_seconds
 from bench.pipeline import RUNNING_STAGE, split_by_stage
 from bench.stage_clock.sitecustomize import is_stage_input, stage_of, started_at
 from mnistlab.workspace import ROOT, venv_env
+from tests.conftest import sitecustomize_env
 
 # A machine without DVC and torchinfo, as `make bench-gpu` must work on: an import hook, loaded at
 # start-up through PYTHONPATH, that finds neither in site-packages (bench/stand_ins/ still counts).
@@ -50,9 +51,7 @@ sys.meta_path.insert(0, HideInstalled())
 
 def without_dvc_and_torchinfo(folder: Path) -> dict[str, str]:
     """The stages' environment, with dvc and torchinfo hidden in every Python started from it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(HIDE_DVC_AND_TORCHINFO)
-    return venv_env() | {"PYTHONPATH": f"{folder}:{ROOT}"}
+    return sitecustomize_env(folder, HIDE_DVC_AND_TORCHINFO, ROOT)
 
 
 def data_root_with_raw(tmp_path: Path, mnist_raw: Path) -> Path:

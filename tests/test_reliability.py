@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TrainedProject, dvc, git, update_params, venv_env
+from tests.conftest import TrainedProject, dvc, git, sitecustomize_env, update_params, venv_env
 
 pytestmark = pytest.mark.slow
 HANG_GUARD_S = 600  # only against a hang: no test asserts how long anything takes
@@ -128,10 +128,7 @@ def test_a_fresh_clone_on_another_cpu_reruns_to_a_clean_git_status_and_locks_out
     project = trained_project.path  # the reference run, committed; git clone only reads it
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(project), str(clone))
-    shim = tmp_path / "other_cpu"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(OTHER_CPU_MODEL)
-    env = venv_env() | {"PYTHONPATH": os.pathsep.join([str(shim), str(clone)])}
+    env = sitecustomize_env(tmp_path / "other_cpu", OTHER_CPU_MODEL, clone)
 
     first = Repro(clone, env=env)
     first.wait_for("Running stage 'train_mlp'")

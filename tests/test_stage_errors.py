@@ -22,7 +22,7 @@ import yaml
 
 from mnistlab import sources
 from mnistlab.idx import CANONICAL_MD5, check_canonical
-from tests.conftest import ROOT, venv_env
+from tests.conftest import ROOT, sitecustomize_env, venv_env
 
 HANG_GUARD_S = 120  # only against a hang: no test asserts how long anything takes
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -255,10 +255,8 @@ sys.meta_path.insert(0, NoTorch())
 def test_bad_params_stop_the_stage_before_it_does_anything(tmp_path, stage, changes, messages) -> None:
     """Before it imports torch, too (seconds of start-up; Lightning's more): the error comes at once."""
     write_params(tmp_path, changes)
-    shim = tmp_path / "no_torch"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(NO_TORCH)
-    result = run_stage(tmp_path, stage, *STAGE_ARGS[stage], env={"PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])})
+    env = sitecustomize_env(tmp_path / "no_torch", NO_TORCH, ROOT)
+    result = run_stage(tmp_path, stage, *STAGE_ARGS[stage], env=env)
     stderr = assert_one_clear_error(result, *messages)
     assert stderr.startswith("error: params.yaml") and len(stderr.splitlines()) == 1
     assert not (tmp_path / OUT).exists()
