@@ -11,6 +11,7 @@ import http.client
 import io
 import os
 import pickle
+import pickletools
 import shutil
 import subprocess
 import sys
@@ -56,9 +57,19 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         return allowed[(module, name)]
 
 
+def check_memo_indexes(data: bytes) -> None:
+    """Refuse a pickle that stores to a memo index beyond its own opcodes before anything is unpickled: the C
+    unpickler sizes its memo to the index, so one damaged byte (``LONG_BINPUT 778128896``) costs 6 GB of zeroed
+    memory and half a minute before it fails. A valid pickle's indexes count up from 0 (0.4 s for MNIST's 220 MB)."""
+    for count, (opcode, index, _) in enumerate(pickletools.genops(data)):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and index > count:
+            raise ValueError(f"memo index {index} at opcode {count}")
+
+
 def unpickle_arrays(data: bytes, name: str) -> object:
     """Load a latin-1 pickle through NumpyOnlyUnpickler; any failure is a DataError naming ``name``."""
     try:
+        check_memo_indexes(data)
         return NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     except DataError:
         raise

@@ -70,6 +70,24 @@ def new_project(destination: Path, mnist_raw: Path, params: dict | None = None) 
     return project
 
 
+def share(project: Path, tmp_path: Path) -> Path:
+    """Give ``project`` a DVC folder remote (committed) and push it to a new bare git repo: the origin."""
+    dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "shared DVC remote")
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    git(project, "remote", "add", "origin", str(origin))
+    git(project, "push", "-q", "origin", "main")
+    return origin
+
+
+def clone(origin: Path, target: Path) -> Path:
+    """Another machine's checkout of the origin."""
+    git(origin.parent, "clone", "-q", str(origin), str(target))
+    return target
+
+
 def copy_built(source: Path, destination: Path) -> Path:
     """A copy of a built project that changes nothing in ``source``: its files and git history copied,
     its DVC cache hard-linked (DVC adds a cache file by renaming a new one into place, never by rewriting one)."""

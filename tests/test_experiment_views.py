@@ -2,7 +2,9 @@
 experiments' curves overlaid by `dvc plots diff`, and `make report`'s page (issue 16).
 
 One project serves every test here: a copy of the session's tiny trained project (the baseline
-committed), then the README's 2x2 grid of the MLR queued and run by two workers, as a user would.
+committed, then shared through a git origin and a DVC folder remote, as a team's machine A), then the
+README's 2x2 grid of the MLR queued and run by two workers, as a user would. That grid is also machine
+A's share of a sweep split over two machines (docs/scaling.md), which come together in a third.
 """
 
 import json
@@ -22,7 +24,7 @@ from torchvision.io import read_image
 
 from mnistlab.tune import start_workers
 from mnistlab.workspace import venv_env
-from tests.conftest import TrainedProject, copy_built, dvc, git
+from tests.conftest import TrainedProject, clone, copy_built, dvc, git, share
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
 from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
 
@@ -37,8 +39,11 @@ DROP = "^(mnistlab|stages|data|models|plots)/|^(download|trainer|split|evaluate)
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, trained_project: TrainedProject) -> Path:
-    """The baseline committed and the README's 2x2 grid run through DVC's queue with two workers."""
+    """The baseline committed and shared (origin: ``swept.parent / "origin.git"``, its outputs pushed to the
+    DVC remote), then the README's 2x2 grid run through DVC's queue with two workers."""
     project = copy_built(trained_project.path, tmp_path_factory.mktemp("swept") / "project")
+    share(project, project.parent)
+    dvc(project, "push")
     shutil.copytree(VENDOR, project / "html" / "vendor")  # git-ignored, as in a clone after `make`
     queued = dvc(project, "exp", "run", "--queue", *GRID).stdout
     assert queued.count("Queued experiment") == 4, queued
@@ -60,6 +65,38 @@ def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(s
         assert experiment["params"]["train_mlp"] == baseline["params"]["train_mlp"]
     mlr = [accuracy(experiment, "mlr") for experiment in shown.values()]
     assert len(set(mlr)) == 4 and all(0 < value <= 1 for value in mlr), mlr
+
+
+def test_a_sweep_split_over_two_machines_comes_together_in_a_third(swept: Path, tmp_path: Path) -> None:
+    """docs/scaling.md: machine A's share is the grid above, machine B's one more learning rate; each pushes
+    its experiments (git refs to the origin, outputs to the DVC remote), and a third clone pulls them all.
+    (This test, in tests/test_scale_out.py, used to give each machine a copy and an experiment of its own.)"""
+    origin = swept.parent / "origin.git"
+    grid = {name: e["params"]["train_mlr"] for name, e in experiments(swept).items() if name != "main"}
+    machine_b = clone(origin, tmp_path / "b")
+    dvc(machine_b, "pull")  # the baseline's outputs: the MLP is reused, not retrained
+    dvc(machine_b, "exp", "run", "--queue", "-n", "lr0002", "-S", "train_mlr.learning_rate=0.002")
+    start_workers(1, machine_b)
+    status = wait_for_queue(machine_b)
+    assert "Failed" not in status, status
+    for machine in (swept, machine_b):
+        dvc(machine, "exp", "push", "origin")  # the experiments of HEAD
+
+    third = clone(origin, tmp_path / "c")
+    dvc(third, "exp", "pull", "origin")
+    shown = experiments(third)
+    assert set(shown) == {"main", "lr0002", *grid}, shown.keys()
+    assert shown["lr0002"]["params"]["train_mlr"]["learning_rate"] == 0.002
+    for name, params in grid.items():
+        assert shown[name]["params"]["train_mlr"] == params
+    swept_runs = [name for name in shown if name != "main"]
+    assert all(0 < accuracy(shown[name], "mlr") <= 1 for name in swept_runs)
+    assert len({accuracy(shown[name], "mlr") for name in swept_runs}) == 5  # each run its own result
+    assert len({accuracy(shown[name], "mlp") for name in shown}) == 1  # the MLP reused on both machines
+
+    dvc(third, "exp", "apply", "lr0002")  # another machine's experiment, outputs included
+    assert (third / "models/mlr/model.ckpt").is_file()
+    assert "up to date" in dvc(third, "status").stdout
 
 
 def test_apply_and_branch_bring_back_the_experiment_shown(swept: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from mnistlab.params import validate_all
 from mnistlab.tune import ENDED, EXPS_DIR, executor_records
-from tests.conftest import ROOT, dvc, git, update_params
+from tests.conftest import ROOT, dvc, git
 
 STAGES = ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
 
@@ -124,25 +124,6 @@ def test_tuned_params_are_valid_and_match_their_command() -> None:
     assert {key: yaml.safe_load(value) for key, value in overrides.items()} == changed
 
 
-@pytest.mark.slow
-def test_an_experiment_runs_only_what_its_params_change_and_shows_beside_main(trained_project, copy_trained) -> None:
-    """One `dvc exp run`. A sweep queued and run by two workers, then `dvc exp apply` and `dvc exp branch`:
-    tests/test_experiment_views.py, on the README's grid (this test used to queue a sweep of its own)."""
-    assert ran(trained_project.repro_output) == STAGES
-    project = copy_trained()  # the baseline committed
-
-    single = dvc(project, "exp", "run", "-n", "mlr-lr001", "-S", "train_mlr.learning_rate=0.001").stdout
-    assert ran(single) == ["train_mlr", "evaluate", "plot"]  # the MLP is not retrained
-
-    shown = experiments(project)
-    assert {"main", "mlr-lr001"} <= set(shown), shown.keys()
-    for name, rate in [("main", 0.01), ("mlr-lr001", 0.001)]:
-        assert shown[name]["params"]["train_mlr"]["learning_rate"] == rate
-        assert 0 < accuracy(shown[name], "mlr") <= 1
-    assert len({accuracy(shown[name], "mlp") for name in shown}) == 1  # the MLP's result reused, not retrained
-    assert accuracy(shown["main"], "mlr") != accuracy(shown["mlr-lr001"], "mlr")  # the learning rate's own result
-
-
 @pytest.fixture
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """moto's S3 server on loopback, with a bucket `mnistlab`; credentials in the environment."""
@@ -170,17 +151,43 @@ def clone_and_check_out(source: Path, target: Path, branch: str) -> Path:
     return target
 
 
+def committed_files(project: Path) -> dict[str, bytes]:
+    """What git would commit in ``project``: tracked files and new ones it does not ignore."""
+    names = git(project, "ls-files", "--cached", "--others", "--exclude-standard").split()
+    return {name: (project / name).read_bytes() for name in names if (project / name).is_file()}
+
+
 @pytest.mark.slow
-def test_branches_compare_and_remotes_round_trip(copy_trained, tmp_path: Path, s3_endpoint: str) -> None:
+def test_an_experiment_becomes_a_branch_that_diffs_against_main_and_travels_through_remotes_and_the_run_cache(
+    trained_project, copy_trained, tmp_path: Path, s3_endpoint: str
+) -> None:
+    """The README's loop on one project: one `dvc exp run` (only what its params change runs, and it shows
+    beside main), kept as a branch and compared with main from a fresh clone; its outputs, and its run-cache
+    record, through a DVC folder remote and an S3 API. (This was three tests, each with its own copy of the
+    project and its own training: one experiment, branches and remotes, and the run-cache on another machine,
+    from tests/test_scale_out.py. A sweep queued and run by two workers, then `dvc exp apply` and
+    `dvc exp branch`: tests/test_experiment_views.py, on the README's grid.)"""
+    assert ran(trained_project.repro_output) == STAGES
     project = copy_trained()  # the baseline run
     dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))  # committed with the project
     git(project, "add", "-A")
     git(project, "commit", "-qm", "baseline, with a shared DVC remote")
     dvc(project, "push", "--run-cache")
 
+    # One experiment: the MLP is not retrained, and the MLR's result is its own.
+    single = dvc(project, "exp", "run", "-n", "mlr-lr001", "-S", "train_mlr.learning_rate=0.001").stdout
+    assert ran(single) == ["train_mlr", "evaluate", "plot"]
+    shown = experiments(project)
+    assert {"main", "mlr-lr001"} <= set(shown), shown.keys()
+    for name, rate in [("main", 0.01), ("mlr-lr001", 0.001)]:
+        assert shown[name]["params"]["train_mlr"]["learning_rate"] == rate
+        assert 0 < accuracy(shown[name], "mlr") <= 1
+    assert len({accuracy(shown[name], "mlp") for name in shown}) == 1  # the MLP's result reused, not retrained
+    assert accuracy(shown["main"], "mlr") != accuracy(shown["mlr-lr001"], "mlr")  # the learning rate's own result
+
+    # The workspace now holds the experiment (params, dvc.lock, metrics, figures): kept as a branch.
+    assert yaml.safe_load((project / "params.yaml").read_text())["train_mlr"]["learning_rate"] == 0.001
     git(project, "checkout", "-qb", "lower-lr")
-    update_params(project, {"train_mlr": {"learning_rate": 0.001}})
-    assert ran(dvc(project, "repro").stdout) == ["train_mlr", "evaluate", "plot"]
     git(project, "commit", "-qam", "mlr: learning rate 0.001")
     dvc(project, "push", "--run-cache")
 
@@ -196,8 +203,8 @@ def test_branches_compare_and_remotes_round_trip(copy_trained, tmp_path: Path, s
     changed = params["params.yaml"]
     assert list(changed) == ["train_mlr.learning_rate"]
     assert (changed["train_mlr.learning_rate"]["old"], changed["train_mlr.learning_rate"]["new"]) == (0.01, 0.001)
-    dvc(clone, "plots", "diff", "main", "-o", "compare")
-    html = (clone / "compare/index.html").read_text()
+    dvc(clone, "plots", "diff", "main", "-o", str(tmp_path / "compare"))  # outside the clone: compared below
+    html = (tmp_path / "compare/index.html").read_text()
     for revision in ["main", "workspace"]:
         assert f'"rev": "{revision}"' in html or f'"rev":"{revision}"' in html, revision
 
@@ -207,7 +214,17 @@ def test_branches_compare_and_remotes_round_trip(copy_trained, tmp_path: Path, s
     assert "up to date" in dvc(clone, "status").stdout
     assert ran(dvc(clone, "repro").stdout) == []
 
-    # A result restored from the run-cache alone, on a machine that has no commit of it: test_scale_out.py.
+    # A machine with no commit of the result (docs/scaling.md): main, with the branch's params.yaml copied in.
+    # The run-cache record restores the training stage instead of training; evaluate and plot rerun (their
+    # outputs are the committed files, which the run-cache does not carry) to the branch's bytes.
+    other_machine = clone_and_check_out(project, tmp_path / "other-machine", "main")
+    (other_machine / "params.yaml").write_bytes((project / "params.yaml").read_bytes())
+    dvc(other_machine, "pull", "--run-cache")  # main's outputs and the records of the runs pushed
+    output = dvc(other_machine, "repro", "--pull").stdout  # --pull: the outputs those records name (DVC 3.67)
+    assert "Stage 'train_mlr' is cached - skipping run" in output, output
+    assert ran(output) == ["evaluate", "plot"], output  # neither model trained here
+    assert (other_machine / "models/mlr/model.ckpt").read_bytes() == (project / "models/mlr/model.ckpt").read_bytes()
+    assert committed_files(other_machine) == committed_files(clone)  # dvc.lock, metrics, histories, figures
 
     # The same round trip through an S3 API (moto on loopback): push there, pull into another clone.
     s3 = ["s3", "s3://mnistlab/dvcstore"]

@@ -120,6 +120,16 @@ def convert(data: bytes) -> None:
     assert len(arrays["t10k-images-idx3-ubyte"]) == len(arrays["t10k-labels-idx1-ubyte"])
 
 
+def test_a_memo_index_beyond_the_pickle_is_refused_before_the_unpickler_sizes_its_memo_to_it() -> None:
+    """Found by the fuzzing below: ``b"\\x80\\x03]r\\x00Na."``, one damaged byte, had the C unpickler zero 6 GB of
+    memo (25 s) before it failed. This pickle is whole: unchecked, it would load, after zeroing 1 GB."""
+    index = 2**27
+    data = b"\x80\x03]r" + index.to_bytes(4, "little") + b"."  # an empty list, stored at memo[index]
+    with pytest.raises(DataError, match=f"^fuzzed.pkl: not a valid pickle of arrays .*memo index {index} at opcode 2"):
+        sources.unpickle_arrays(data, "fuzzed.pkl")
+    assert sources.unpickle_arrays(pickle.dumps([[], []], protocol=3), "valid.pkl") == [[], []]  # memo 0, 1: fine
+
+
 @FUZZ
 @given(st.binary(max_size=1024) | st.binary(max_size=1024).map(lambda b: b"\x80\x02" + b))
 def test_unpickling_random_bytes_raises_only_data_error(data: bytes) -> None:

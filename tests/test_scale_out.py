@@ -1,8 +1,9 @@
-"""Several machines, simulated by clones of one bare git repo that share one DVC folder remote.
+"""Several nodes, simulated by clones of one bare git repo that share one DVC folder remote: two "nodes"
+train one model together under DDP (gloo on 127.0.0.1), as docs/scaling.md's recipe says.
 
-The run-cache restores a training run pushed by another machine; two "nodes" train one model
-together under DDP (gloo on 127.0.0.1) as docs/scaling.md's recipe says; a sweep split over two
-machines comes together in a third through `dvc exp push` / `dvc exp pull`.
+The other multi-machine tests share the projects of other tests: the run-cache on a machine with no
+commit of the result, tests/test_experiments.py; a sweep split over two machines,
+tests/test_experiment_views.py (its grid is machine A's share).
 """
 
 import json
@@ -17,58 +18,9 @@ import pytest
 import torch
 import yaml
 
-from mnistlab.tune import start_workers
-from tests.conftest import ROOT, dvc, git, run, update_params, venv_env
-from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
-
-TRAINING = ["train_mlp", "train_mlr"]
-
-
-def share(project: Path, tmp_path: Path) -> Path:
-    """Give ``project`` a DVC folder remote (committed) and push it to a new bare git repo: the origin."""
-    dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "shared DVC remote")
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
-    git(project, "remote", "add", "origin", str(origin))
-    git(project, "push", "-q", "origin", "main")
-    return origin
-
-
-def clone(origin: Path, target: Path) -> Path:
-    """Another machine's checkout of the origin."""
-    git(origin.parent, "clone", "-q", str(origin), str(target))
-    return target
-
-
-def committed_files(project: Path) -> dict[str, bytes]:
-    """What git would commit in ``project``: tracked files and new ones it does not ignore."""
-    names = git(project, "ls-files", "--cached", "--others", "--exclude-standard").split()
-    return {name: (project / name).read_bytes() for name in names if (project / name).is_file()}
-
-
-@pytest.mark.slow
-def test_run_cache_restores_the_training_stages_on_another_machine(copy_trained, tmp_path: Path) -> None:
-    project = copy_trained()  # the baseline run
-    origin = share(project, tmp_path)  # a committed baseline, its outputs in the DVC remote
-    dvc(project, "push")
-    first, second = clone(origin, tmp_path / "a"), clone(origin, tmp_path / "b")
-    change = {"train_mlp": {"learning_rate": 0.002}, "train_mlr": {"learning_rate": 0.002}}
-
-    dvc(first, "pull")
-    update_params(first, change)
-    assert ran(dvc(first, "repro").stdout) == [*TRAINING, "evaluate", "plot"]
-    dvc(first, "push", "--run-cache")  # not committed: the other machine only has the same params
-
-    update_params(second, change)  # the same params, nothing run here yet
-    dvc(second, "pull", "--run-cache")  # the baseline's outputs and the records of A's runs
-    output = dvc(second, "repro", "--pull").stdout  # --pull: the outputs those records name (DVC 3.67)
-    for stage in TRAINING:
-        assert f"Stage '{stage}' is cached - skipping run" in output, output
-    assert not set(ran(output)) & set(TRAINING), output
-    assert (second / "models/mlr/model.ckpt").read_bytes() == (first / "models/mlr/model.ckpt").read_bytes()
-    assert committed_files(second) == committed_files(first)  # dvc.lock, metrics, histories, figures
+from mnistlab.params import TrainerParams, TrainParams, parse_section, read_params, seed
+from mnistlab.training import fit
+from tests.conftest import ROOT, clone, dvc, share, update_params, venv_env
 
 
 def free_ports(count: int) -> list[int]:
@@ -135,9 +87,10 @@ def test_two_nodes_train_as_one_process_and_only_node_0_records(copy_trained, tm
     update_params(project, single)
     dvc(project, "repro", "split")
     stage_command = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_mlr"]["cmd"]
-    reference_dir = tmp_path / "reference"  # one process, batches of 256
-    run([*stage_command.split()[:-1], str(reference_dir)], project)  # the stage, writing outside the project
-    reference = weights(reference_dir / "model.ckpt")
+    raw = read_params(project / "params.yaml")  # the reference: one process, batches of 256, fit here
+    params, trainer = parse_section(TrainParams, raw, "train_mlr"), parse_section(TrainerParams, raw, "trainer")
+    _, system = fit("mlr", params, trainer, seed(raw), project / "data/split", None)
+    reference = {f"model.{name}": value for name, value in system.model.state_dict().items()}  # the checkpoint's
     update_params(project, {"trainer": {"strategy": "ddp", "num_nodes": 2}, "train_mlr": {"batch_size": 128}})
     origin = share(project, tmp_path)  # the two-node params, and dvc.lock with the data
     dvc(project, "push")
@@ -173,45 +126,10 @@ def test_two_nodes_train_as_one_process_and_only_node_0_records(copy_trained, tm
     # node 0 (waiting for node 1 to register) as well as node 1 (waiting for node 0 to listen). Both
     # alone at once, each with a master port of its own, so that they do not find each other.
     for folder, *_ in nodes:
-        update_params(folder, {"trainer": {"join_timeout_s": 10}})
+        update_params(folder, {"trainer": {"join_timeout_s": 5}})
     codes = run_nodes(nodes, free_ports(2), tmp_path / "alone", timeout_s=120)
     for node, code in enumerate(codes):
         output = (tmp_path / f"alone/node{node}.log").read_text()
         assert code != 0, output
-        assert re.search(rf"^error: the 2 DDP processes did not all join .*= 10 s .*rank {node},", output, re.M), output
+        assert re.search(rf"^error: the 2 DDP processes did not all join .*= 5 s .*rank {node},", output, re.M), output
     assert not (node1 / "models/mlr").exists()
-
-
-@pytest.mark.slow
-def test_a_sweep_split_over_two_machines_comes_together_in_a_third(copy_trained, tmp_path: Path) -> None:
-    project = copy_trained()  # the baseline committed
-    origin = share(project, tmp_path)
-    dvc(project, "push")
-
-    shares = {"a": {"lr0001": "0.001"}, "b": {"lr0003": "0.003"}}  # one experiment each: the queue, pushed
-    machines = {name: clone(origin, tmp_path / name) for name in shares}
-    for name, machine in machines.items():
-        dvc(machine, "pull")  # the baseline's outputs: the MLP is reused, not retrained
-        for experiment, rate in shares[name].items():
-            dvc(machine, "exp", "run", "--queue", "-n", experiment, "-S", f"train_mlr.learning_rate={rate}")
-        start_workers(1, machine)
-    for machine in machines.values():
-        status = wait_for_queue(machine)
-        assert "Failed" not in status, status
-        dvc(machine, "exp", "push", "origin")  # the experiments of HEAD: git refs to origin, outputs to the DVC remote
-
-    third = clone(origin, tmp_path / "c")
-    dvc(third, "exp", "pull", "origin")
-    shown = experiments(third)
-    swept = {experiment: float(rate) for rates in shares.values() for experiment, rate in rates.items()}
-    assert set(swept) <= set(shown), shown.keys()
-    for experiment, rate in swept.items():
-        assert shown[experiment]["params"]["train_mlr"]["learning_rate"] == rate
-        assert 0 < accuracy(shown[experiment], "mlr") <= 1
-    accuracies = [accuracy(shown[experiment], "mlr") for experiment in swept]
-    assert len(set(accuracies)) == len(accuracies)  # each learning rate its own result
-    assert len({accuracy(shown[name], "mlp") for name in [*swept, "main"]}) == 1
-
-    dvc(third, "exp", "apply", "lr0003")  # another machine's experiment, outputs included
-    assert (third / "models/mlr/model.ckpt").is_file()
-    assert "up to date" in dvc(third, "status").stdout
