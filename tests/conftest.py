@@ -105,22 +105,25 @@ def copy_built(source: Path, destination: Path) -> Path:
 # `make test` hands whole modules to its pytest-xdist workers (`--dist loadfile`), so that a module's
 # shared fixtures (the views' sweep, predict's checkpoint, the determinism test's training) are built
 # once. The longest modules go first (measured: docs/performance.md, "The test suite"): the workers
-# finish together instead of one long module starting last. The second is one that does not wait for
-# the shared trained project while the first worker builds it.
+# finish together instead of one long module starting last. The first builds the shared trained project;
+# the second is one that does not wait for it.
 LONGEST_FIRST = (
-    "test_scale_out",
-    "test_reproducibility",
-    "test_bench",
-    "test_tune",
     "test_experiment_views",
+    "test_bench",
     "test_reliability",
+    "test_reproducibility",
+    "test_scale_out",
+    "test_tune",
     "test_experiments",
     "test_predict",
-    "test_stage_errors",
-    "test_determinism",
-    "test_isa",
     "test_ddp",
+    "test_isa",
+    "test_stage_errors",
+    "test_install",
+    "test_browser",
+    "test_dvc_yaml",
     "test_pipeline",
+    "test_determinism",
 )
 
 

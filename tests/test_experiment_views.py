@@ -53,8 +53,15 @@ def swept(tmp_path_factory: pytest.TempPathFactory, trained_project: TrainedProj
     return project
 
 
-def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(swept: Path) -> None:
-    shown = experiments(swept)
+@pytest.fixture(scope="module")
+def swept_shown(swept: Path) -> dict[str, dict]:
+    """The sweep's `dvc exp show --json`, read once (each read is seconds of CPU): no test before the report's
+    renames changes what it shows (the apply test works in a copy)."""
+    return experiments(swept)
+
+
+def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(swept_shown: dict[str, dict]) -> None:
+    shown = dict(swept_shown)
     baseline = shown.pop("main")
     swept_params = {
         (e["params"]["train_mlr"]["learning_rate"], e["params"]["train_mlr"]["batch_size"]) for e in shown.values()
@@ -67,12 +74,14 @@ def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(s
     assert len(set(mlr)) == 4 and all(0 < value <= 1 for value in mlr), mlr
 
 
-def test_a_sweep_split_over_two_machines_comes_together_in_a_third(swept: Path, tmp_path: Path) -> None:
+def test_a_sweep_split_over_two_machines_comes_together_in_a_third(
+    swept: Path, swept_shown: dict[str, dict], tmp_path: Path
+) -> None:
     """docs/scaling.md: machine A's share is the grid above, machine B's one more learning rate; each pushes
     its experiments (git refs to the origin, outputs to the DVC remote), and a third clone pulls them all.
     (This test, in tests/test_scale_out.py, used to give each machine a copy and an experiment of its own.)"""
     origin = swept.parent / "origin.git"
-    grid = {name: e["params"]["train_mlr"] for name, e in experiments(swept).items() if name != "main"}
+    grid = {name: e["params"]["train_mlr"] for name, e in swept_shown.items() if name != "main"}
     machine_b = clone(origin, tmp_path / "b")
     dvc(machine_b, "pull")  # the baseline's outputs: the MLP is reused, not retrained
     dvc(machine_b, "exp", "run", "--queue", "-n", "lr0002", "-S", "train_mlr.learning_rate=0.002")
@@ -99,11 +108,13 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(swept: Path, 
     assert "up to date" in dvc(third, "status").stdout
 
 
-def test_apply_and_branch_bring_back_the_experiment_shown(swept: Path, tmp_path: Path) -> None:
+def test_apply_and_branch_bring_back_the_experiment_shown(
+    swept: Path, swept_shown: dict[str, dict], tmp_path: Path
+) -> None:
     """`dvc exp apply` puts an experiment's params and results in the workspace, nothing left to run;
     `dvc exp branch` makes a branch of another (from test_experiments, which used to queue its own sweep)."""
     project = copy_built(swept, tmp_path / "project")  # the other tests here read the sweep's workspace
-    shown = experiments(project)
+    shown = swept_shown
     named = {
         (e["params"]["train_mlr"]["learning_rate"], e["params"]["train_mlr"]["batch_size"]): n for n, e in shown.items()
     }
@@ -188,8 +199,8 @@ def test_dvc_metrics_show_prints_one_row_of_every_model_s_metrics(swept: Path) -
     assert len(metrics) == 2 and "-" not in metrics[1].split(), metrics
 
 
-def test_the_views_a_person_reads_first_fit_120_columns(swept: Path) -> None:
-    shown = experiments(swept)
+def test_the_views_a_person_reads_first_fit_120_columns(swept: Path, swept_shown: dict[str, dict]) -> None:
+    shown = swept_shown
     names = [name for name in shown if name != "main"]
 
     # plain dvc exp show, in the pager DVC opens: both models' validation accuracy, what runs are
@@ -262,11 +273,16 @@ def drawn(chromium: str, page: Path, profile: Path) -> ChartState:  # noqa: F811
     return state
 
 
-def test_plots_diff_overlays_two_experiments_curves(swept: Path, chromium: str, tmp_path: Path) -> None:  # noqa: F811
+def test_plots_diff_overlays_two_experiments_curves(
+    swept: Path,
+    swept_shown: dict[str, dict],
+    chromium: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     page = swept / "dvc_plots" / "index.html"
     dvc(swept, "plots", "show")  # one revision: the workspace
     single = drawn(chromium, page, tmp_path / "single")
-    first, second = sorted(name for name in experiments(swept) if name != "main")[:2]
+    first, second = sorted(name for name in swept_shown if name != "main")[:2]
     dvc(swept, "plots", "diff", first, second)
     html = page.read_text()
     assert first in html and second in html
@@ -278,9 +294,14 @@ def test_plots_diff_overlays_two_experiments_curves(swept: Path, chromium: str, 
         assert lines > 0 and int(state.charts[chart]["data-lines"]) == 2 * lines, (single.charts, state.charts)
 
 
-def test_make_report_draws_every_chart_offline(swept: Path, chromium: str, tmp_path: Path) -> None:  # noqa: F811
+def test_make_report_draws_every_chart_offline(
+    swept: Path,
+    swept_shown: dict[str, dict],
+    chromium: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     # two of the sweep's runs become the trials of a tuning study, as `make tune` names them
-    first, second = sorted(name for name in experiments(swept) if name != "main")[:2]
+    first, second = sorted(name for name in swept_shown if name != "main")[:2]
     dvc(swept, "exp", "rename", first, "tune-mlr-000")
     dvc(swept, "exp", "rename", second, "tune-mlr-002")
     out = subprocess.run(

@@ -157,7 +157,7 @@ def test_a_fresh_clone_on_another_cpu_reruns_to_a_clean_git_status_and_locks_out
 
 
 def test_killed_training_reruns_to_a_complete_result(copy_trained) -> None:
-    epochs = 5  # after the first epoch's line, several seconds of training left even on a fast CPU
+    epochs = 3  # after the first epoch's line, two epochs of training left: seconds, even on a fast CPU
     project = copy_trained()  # the data split, and a 1-epoch MLP that these params make stale
     update_params(project, {"train_mlp": {"epochs": epochs}})
     checkpoint = project / "models/mlp/model.ckpt"
