@@ -275,9 +275,9 @@ def test_a_study_is_dvc_experiments_resumes_to_exactly_n_trials_and_goes_on_past
     orphan, asks the rest. The orphan's experiment then dies while it trains (killed, as by the OOM killer):
     a FAIL, and the search goes on.
 
-    (A diverging learning rate would be the natural failure, but a NaN loss does not fail the stage yet:
-    see docs/experiments.md, tuning. This test was two: the resume, and a failing trial in a study of its own;
-    then 4 trials, interrupted after two were queued.)"""
+    (A diverged fit fails a trial too, with its own error line: docs/experiments.md, failures. The kill is
+    the failure with no line of the stage's own. This test was two: the resume, and a failing trial in a
+    study of its own; then 4 trials, interrupted after two were queued.)"""
     space = {"seed": 0, "pruning": None, "train_mlr": {"learning_rate": {"low": 0.0005, "high": 0.005, "log": True}}}
     project = trained_project(copy_trained, space)
     first = tune(project, "--trials", "3", "--jobs", "1")
