@@ -39,8 +39,8 @@ DROP = "^(mnistlab|stages|data|models|plots)/|^(download|trainer|split|evaluate)
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, trained_project: TrainedProject) -> Path:
-    """The baseline committed and shared (origin: ``swept.parent / "origin.git"``, its outputs pushed to the
-    DVC remote), then the README's 2x2 grid run through DVC's queue with two workers."""
+    """The baseline committed and shared (a git origin, its outputs pushed to the DVC remote), then the
+    README's 2x2 grid run through DVC's queue with two workers."""
     project = copy_built(trained_project.path, tmp_path_factory.mktemp("swept") / "project")
     share(project, project.parent)
     dvc(project, "push")
@@ -80,7 +80,7 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(
     """docs/scaling.md: machine A's share is the grid above, machine B's one more learning rate; each pushes
     its experiments (git refs to the origin, outputs to the DVC remote), and a third clone pulls them all.
     (This test, in tests/test_scale_out.py, used to give each machine a copy and an experiment of its own.)"""
-    origin = swept.parent / "origin.git"
+    origin = Path(git(swept, "remote", "get-url", "origin").strip())  # the fixture shared it
     grid = {name: e["params"]["train_mlr"] for name, e in swept_shown.items() if name != "main"}
     machine_b = clone(origin, tmp_path / "b")
     dvc(machine_b, "pull")  # the baseline's outputs: the MLP is reused, not retrained

@@ -13,7 +13,7 @@ import yaml
 
 from mnistlab.params import validate_all
 from mnistlab.tune import ENDED, EXPS_DIR, executor_records
-from tests.conftest import ROOT, dvc, git
+from tests.conftest import ROOT, clone, dvc, git
 
 STAGES = ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
 
@@ -146,8 +146,7 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def clone_and_check_out(source: Path, target: Path, branch: str) -> Path:
-    git(source.parent, "clone", "-q", str(source), str(target))
-    git(target, "checkout", "-q", branch)
+    git(clone(source, target), "checkout", "-q", branch)
     return target
 
 
@@ -192,27 +191,27 @@ def test_an_experiment_becomes_a_branch_that_diffs_against_main_and_travels_thro
     dvc(project, "push", "--run-cache")
 
     # A colleague's fresh clone, no DVC cache: diffs against main need only git.
-    clone = clone_and_check_out(project, tmp_path / "clone", "lower-lr")
-    assert not (clone / ".dvc/cache").exists()
-    metrics = json.loads(dvc(clone, "metrics", "diff", "main", "--json").stdout)
+    colleague = clone_and_check_out(project, tmp_path / "colleague", "lower-lr")
+    assert not (colleague / ".dvc/cache").exists()
+    metrics = json.loads(dvc(colleague, "metrics", "diff", "main", "--json").stdout)
     assert metrics["metrics/metrics.json"]["test_acc.mlr"]["diff"] != 0
     assert metrics["metrics/metrics.json"]["val_acc.mlr"]["diff"] != 0
     assert "test_acc.mlp" not in metrics["metrics/metrics.json"]  # the MLP was not retrained
     assert "val_acc.mlp" not in metrics["metrics/metrics.json"]
-    params = json.loads(dvc(clone, "params", "diff", "main", "--json").stdout)
+    params = json.loads(dvc(colleague, "params", "diff", "main", "--json").stdout)
     changed = params["params.yaml"]
     assert list(changed) == ["train_mlr.learning_rate"]
     assert (changed["train_mlr.learning_rate"]["old"], changed["train_mlr.learning_rate"]["new"]) == (0.01, 0.001)
-    dvc(clone, "plots", "diff", "main", "-o", str(tmp_path / "compare"))  # outside the clone: compared below
+    dvc(colleague, "plots", "diff", "main", "-o", str(tmp_path / "compare"))  # outside the clone: compared below
     html = (tmp_path / "compare/index.html").read_text()
     for revision in ["main", "workspace"]:
         assert f'"rev": "{revision}"' in html or f'"rev":"{revision}"' in html, revision
 
     # Pull the outputs and the run-cache: nothing left to run.
-    dvc(clone, "pull", "--run-cache")
-    assert (clone / "models/mlr/model.ckpt").is_file()
-    assert "up to date" in dvc(clone, "status").stdout
-    assert ran(dvc(clone, "repro").stdout) == []
+    dvc(colleague, "pull", "--run-cache")
+    assert (colleague / "models/mlr/model.ckpt").is_file()
+    assert "up to date" in dvc(colleague, "status").stdout
+    assert ran(dvc(colleague, "repro").stdout) == []
 
     # A machine with no commit of the result (docs/scaling.md): main, with the branch's params.yaml copied in.
     # The run-cache record restores the training stage instead of training; evaluate and plot rerun (their
@@ -224,7 +223,7 @@ def test_an_experiment_becomes_a_branch_that_diffs_against_main_and_travels_thro
     assert "Stage 'train_mlr' is cached - skipping run" in output, output
     assert ran(output) == ["evaluate", "plot"], output  # neither model trained here
     assert (other_machine / "models/mlr/model.ckpt").read_bytes() == (project / "models/mlr/model.ckpt").read_bytes()
-    assert committed_files(other_machine) == committed_files(clone)  # dvc.lock, metrics, histories, figures
+    assert committed_files(other_machine) == committed_files(colleague)  # dvc.lock, metrics, histories, figures
 
     # The same round trip through an S3 API (moto on loopback): push there, pull into another clone.
     s3 = ["s3", "s3://mnistlab/dvcstore"]
