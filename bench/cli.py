@@ -49,7 +49,9 @@ from mnistlab.workspace import ROOT
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 1 repeat, 1-epoch stages")
     parser.add_argument("--gpu", action="store_true", help="the GPU table instead of items 1-5")
     parser.add_argument("--epochs", type=int, help="epochs per fit (items 1-2 default 3; --gpu 30; --quick 1)")

@@ -1,19 +1,17 @@
 """bench/isa.py (and its isa_*.py): its letters and parsing, and that what --quick reports as identical really is."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bench.isa import main as isa_main
 from bench.isa import run_worker
 from bench.isa_ops import digest
 from bench.isa_report import compare_reports, digest_table, letters, verbose_libraries
 from bench.isa_settings import SETTINGS
 from mnistlab.data import Split, save_split
-from mnistlab.workspace import ROOT, venv_env
 
 MKL_LINE = (
     "MKL_VERBOSE SGEMM(T,N,256,256,784,0x7ff,0x55b,784,0x55b,784,0x7ff,0x55b,256) 1.06ms "
@@ -59,7 +57,7 @@ def test_verbose_lines_name_the_routine_the_cnr_mode_and_threads() -> None:
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """`python -m bench.isa --quick` on 600 random digits: its training images and its JSON report."""
+    """`python -m bench.isa --quick` (its main, here) on 600 random digits: its training images and its JSON report."""
     folder = tmp_path_factory.mktemp("isa")
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (600, 28, 28), dtype=torch.uint8, generator=generator)
@@ -67,9 +65,7 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     train = folder / "train"
     save_split(Split(images, labels, torch.arange(600)), train)
     report_path = folder / "isa.json"
-    command = [sys.executable, "-m", "bench.isa", "--quick", "--train", str(train), "--json", str(report_path)]
-    done = subprocess.run(command, cwd=ROOT, env=venv_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
+    isa_main(["--quick", "--train", str(train), "--json", str(report_path)])  # its workers: fresh processes
     return train, json.loads(report_path.read_text())
 
 
