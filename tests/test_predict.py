@@ -370,29 +370,6 @@ def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path: Pat
     assert read_grayscale(small).shape == (1, 1_000, 800)
 
 
-@pytest.mark.slow  # fresh Python processes that import torch: seconds each
-def test_damaged_and_lying_files_are_one_error_each_and_the_process_survives(
-    untrained: Path, images: dict[str, Path], tmp_path: Path
-) -> None:
-    """The files that crashed torchvision's decoder, run in a child process: a crash would show in its status."""
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "lying_100000x100000.png").write_bytes(png_claiming(100_000, 100_000))
-    (bad / "lying_1000x1000.png").write_bytes(png_claiming(1_000, 1_000))  # torchvision: SIGSEGV
-    valid = images["dark_one"].read_bytes()
-    (bad / "truncated.png").write_bytes(valid[: len(valid) // 2])
-    (bad / "truncated.jpg").write_bytes(images["light_zero"].read_bytes()[:300])
-    cmd = [sys.executable, "-m", "mnistlab.predict", "--checkpoint", str(untrained), "--json"]
-    result = run([*cmd, str(bad), str(images["dark_one"]), "--max-megapixels", "200"], ROOT, check=False)
-    assert result.returncode == 1, result.stderr  # not -11: the process survived
-    errors = result.stderr.splitlines()
-    assert len(errors) == 4 and all(line.startswith(f"error: {bad}/") for line in errors), errors
-    assert "above the limit of 200 megapixels" in errors[0]
-    assert all("damaged image" in line for line in errors[1:]), errors
-    records = json.loads(result.stdout)["images"]
-    assert [Path(record["path"]).name for record in records][-1] == "one.png" and "top" in records[-1]
-
-
 IMAGE_FORMATS = {"png": {"format": "PNG"}, "jpeg": {"format": "JPEG", "quality": 80}, "gif": {"format": "GIF"}}
 
 
@@ -481,21 +458,34 @@ def test_probabilities_are_a_distribution_and_top_3_is_sorted(checkpoint: Path) 
 
 
 @slow
-def test_predict_command_json_reports_every_file(checkpoint: Path, images: dict[str, Path], tmp_path: Path) -> None:
-    args = [str(images["dark_one"].parent), str(images["text"]), str(tmp_path / "empty"), str(tmp_path / "gone.png")]
+def test_predict_command_json_reports_every_file_and_survives_damaged_and_lying_ones(
+    checkpoint: Path, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """`make predict IMAGES=...` on good, bad and missing paths, in a child process: a crash in a decoder (the
+    files that crashed torchvision's) would show in its status. (Two tests, each with its process, before.)"""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "lying_100000x100000.png").write_bytes(png_claiming(100_000, 100_000))
+    (bad / "lying_1000x1000.png").write_bytes(png_claiming(1_000, 1_000))  # torchvision: SIGSEGV
+    valid = images["dark_one"].read_bytes()
+    (bad / "truncated.png").write_bytes(valid[: len(valid) // 2])
+    (bad / "truncated.jpg").write_bytes(images["light_zero"].read_bytes()[:300])
+    args = [str(bad), str(images["dark_one"].parent), str(images["text"]), str(tmp_path / "empty")]
+    args += [str(tmp_path / "gone.png"), "--max-megapixels", "200"]
     # -X importtime lists every module imported: the command must not need Lightning.
     cmd = [sys.executable, "-X", "importtime", "-m", "mnistlab.predict", "--checkpoint", str(checkpoint), "--json"]
     result = run([*cmd, *args], ROOT, check=False)
-    assert result.returncode == 1, result.stderr  # some files failed; the others were still predicted
+    assert result.returncode == 1, result.stderr  # not -11: the process survived; some files failed
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert "torch" in imported and not imported & {"pytorch_lightning", "lightning"}
 
     output = json.loads(result.stdout)
     assert output["checkpoint"] == str(checkpoint)
     records = {Path(record["path"]).name: record for record in output["images"]}
+    damaged = sorted(path.name for path in bad.iterdir())  # a folder gives its images in name order
     folder = ["fake.png", "one.png", "one_in_blue_ink.png", "zero_on_paper.jpg"]  # sorted; README.txt left out
-    assert list(records) == [*folder, "notes.txt", "empty", "gone.png"]  # in the order given
-    for name, digit in {"one.png": 1, "one_in_blue_ink.png": 1, "zero_on_paper.jpg": 0}.items():
+    assert list(records) == [*damaged, *folder, "notes.txt", "empty", "gone.png"]  # in the order given
+    for name, digit in {"one.png": 1, "one_in_blue_ink.png": 1, "zero_on_paper.jpg": 0}.items():  # after the bad
         top = records[name]["top"]
         assert top[0]["digit"] == digit, (name, top)
         assert len(top) == 3 and len({entry["digit"] for entry in top}) == 3
@@ -505,7 +495,11 @@ def test_predict_command_json_reports_every_file(checkpoint: Path, images: dict[
     assert "no images" in records["empty"]["error"] and records["gone.png"]["error"] == "not found"
 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 4 and "Traceback" not in result.stderr  # one line per bad input
+    assert len(errors) == 8 and "Traceback" not in result.stderr  # one line per bad input
+    damaged_errors = {name: [line for line in errors if line.startswith(f"error: {bad / name}")] for name in damaged}
+    assert all(len(lines) == 1 for lines in damaged_errors.values()), errors
+    assert "above the limit of 200 megapixels" in damaged_errors.pop("lying_100000x100000.png")[0]
+    assert all("damaged image" in lines[0] for lines in damaged_errors.values()), errors
     for name in ["fake.png", "notes.txt", "empty", "gone.png"]:
         assert sum(name in line for line in errors) == 1, errors
 
