@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
-from torch.nn.functional import max_pool2d, pad
+from torch.nn.functional import pad
 from torchvision.transforms.v2.functional import gaussian_blur, resize
 
 from mnistlab.errors import DataError
@@ -187,6 +187,16 @@ def evenly_lit(gray: Tensor) -> Tensor:
     return (gray - light + light.mean()).clamp(0, 255)
 
 
+def dilated(mask: Tensor, reach: int) -> Tensor:
+    """``mask`` (H, W, bool) grown by a ``reach`` x ``reach`` square (odd ``reach``): a pixel is set where any
+    pixel of the square around it is, as a max-pool of that square would give. Counted with an integral
+    image (two cumulative sums, four lookups a pixel): 2 ms for a 512 x 384 photo, against 15 ms for the
+    max-pool (docs/predict.md)."""
+    half = reach // 2
+    sums = pad(mask.to(torch.int32), (half + 1, half, half + 1, half)).cumsum(0).cumsum(1)
+    return (sums[reach:, reach:] - sums[:-reach, reach:] - sums[reach:, :-reach] + sums[:-reach, :-reach]) > 0
+
+
 def ink_box(gray: Tensor) -> tuple[Tensor, tuple[int, int, int, int]] | None:
     """The ink of a float grayscale (H, W) image in [0, 1] (0: background, 1: full ink) and its box
     (top, bottom, left, right); None when there is no ink.
@@ -213,7 +223,7 @@ def ink_box(gray: Tensor) -> tuple[Tensor, tuple[int, int, int, int]] | None:
     full = float(ink_values.quantile(INK_QUANTILE))  # a quarter of the ink is darker (lighter): all full ink
     full_ink = full if light_ink else 255 - full
     ink = ((gray - background) / (full_ink - background)).clamp(0, 1).float()
-    near = max_pool2d(strong[None, None].float(), reach, stride=1, padding=reach // 2)[0, 0] > 0
+    near = dilated(strong, reach)
     inked = strong | near & ((smooth - background) / (full_ink - background) >= SOFT_EDGE)
     rows, columns = inked.any(1).nonzero()[:, 0], inked.any(0).nonzero()[:, 0]
     box = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from torch import Tensor
+from torch.nn.functional import max_pool2d
 from torchvision.io import decode_image, encode_jpeg, write_jpeg, write_png
 from torchvision.transforms.v2.functional import gaussian_blur
 
@@ -30,7 +31,7 @@ from mnistlab.evaluation import load_model
 from mnistlab.idx import decode_idx
 from mnistlab.models import build_model
 from mnistlab.params import TrainerParams, TrainParams
-from mnistlab.predict import main, predict_files, read_grayscale, to_lab_input, top_digits
+from mnistlab.predict import dilated, main, predict_files, read_grayscale, to_lab_input, top_digits
 from mnistlab.training import fit, save_checkpoint
 from tests.conftest import ROOT, run
 from tests.digit_images import photographed_folder
@@ -176,6 +177,16 @@ def blank(tmp_path: Path) -> Path:
 
 
 # --- MNIST's normalisation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reach", [1, 3, 7, 11])
+def test_the_ink_grows_as_a_square_max_pool_would_grow_it(reach: int) -> None:
+    generator = torch.Generator().manual_seed(reach)
+    for shape, density in [((512, 384), 0.002), ((37, 53), 0.05), ((5, 5), 0.5), ((1, 9), 0.2)]:
+        mask = torch.rand(shape, generator=generator) < density
+        square = max_pool2d(mask[None, None].float(), reach, stride=1, padding=reach // 2)[0, 0] > 0
+        assert torch.equal(dilated(mask, reach), square), (shape, density)
+    assert dilated(torch.zeros(4, 4, dtype=torch.bool), reach).sum() == 0
 
 
 def test_a_light_background_is_inverted_to_the_dark_twin() -> None:
