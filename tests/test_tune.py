@@ -224,7 +224,15 @@ def trained_project(copy_trained, space: dict) -> Path:
 def tune(project: Path, *args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "mnistlab.tune", "--model", "mlr", *args]
     return subprocess.Popen(
-        command, cwd=project, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: Ctrl-C reaches it even when the suite runs as a background job, whose children a
+        # non-interactive shell starts with SIGINT ignored (POSIX); Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
