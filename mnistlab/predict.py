@@ -342,7 +342,9 @@ def contact_sheet(inputs: Sequence[tuple[dict, Tensor | None, Tensor | None]], p
 
 def main(argv: Sequence[str]) -> int:
     """Exit status 0: every image read (predicted or no digit found); 1: some could not be read; 2: no checkpoint."""
-    parser = argparse.ArgumentParser(description="Top-3 digits for your own images, from a trained model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mnistlab.predict", description="Top-3 digits for your own images, from a trained model."
+    )
     parser.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, GIF, WEBP) or folders of them")
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="which model (default: mlp)")
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint to use (default: models/<model>/model.ckpt)")

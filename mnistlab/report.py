@@ -417,7 +417,9 @@ def render(exp_show: list[dict], images, sort_by: str | None = None) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mnistlab.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path, help="the page to write (reports/experiments.html)")
     parser.add_argument(
         "--sort-by", help="a metric or param column (default: the validation accuracy that varies most)"

@@ -567,7 +567,9 @@ def summary(study: Any, model: str, searched: Sequence[str], planned_epochs: Map
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(description="A hyperparameter search whose trials are DVC experiments.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mnistlab.tune", description="A hyperparameter search whose trials are DVC experiments."
+    )
     parser.add_argument("--model", choices=MODEL_NAMES, required=True, help="the network to tune")
     parser.add_argument("--trials", type=int, default=12, help="finished trials to reach (complete, pruned, failed)")
     parser.add_argument("--jobs", type=int, default=2, help="DVC queue workers: experiments run at once")

@@ -183,7 +183,9 @@ def measure_spread(workdir: Path) -> dict:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mnistlab.verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workspace", action="store_true", help="compare this workspace, do not rerun")
     parser.add_argument("--measure-spread", action="store_true", help=f"rerun the spread runs, write {SPREAD_FILE}")
     args = parser.parse_args(argv)

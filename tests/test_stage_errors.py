@@ -8,6 +8,7 @@ traceback, and nothing written to the stage's outputs.
 import gzip
 import hashlib
 import http.server
+import importlib
 import os
 import socket
 import subprocess
@@ -384,3 +385,14 @@ def test_each_kind_of_broken_transfer_is_a_source_error(monkeypatch, kind) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("command", ["predict", "tune", "report", "verify"])
+def test_a_commands_usage_names_how_it_is_run(command: str, capsys) -> None:
+    """`make predict` and the others run `python -m mnistlab.<command>`: a usage or an argument error names
+    that, not the file (`usage: tune.py`, which cannot be run by itself)."""
+    module = importlib.import_module(f"mnistlab.{command}")
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m mnistlab.{command} [-h]")
