@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,6 +32,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.C
             f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def ctrl_c_reaches_it() -> None:
+    """A child's ``preexec_fn``: SIGINT back to its default, as from a terminal. A non-interactive shell starts a
+    background job with SIGINT ignored (POSIX), its children inherit that, and Python then never raises
+    KeyboardInterrupt: a test that sends Ctrl-C would pass or fail by how the suite was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def sitecustomize_env(folder: Path, code: str, *path: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TrainedProject, dvc, git, sitecustomize_env, update_params, venv_env
+from tests.conftest import TrainedProject, ctrl_c_reaches_it, dvc, git, sitecustomize_env, update_params, venv_env
 
 pytestmark = pytest.mark.slow
 HANG_GUARD_S = 600  # only against a hang: no test asserts how long anything takes
@@ -56,9 +56,7 @@ class Repro:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            # As from a terminal: SIGINT handled even when this test runs as a background job, whose
-            # children a non-interactive shell starts with SIGINT ignored (POSIX), so Ctrl-C could not reach them
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=ctrl_c_reaches_it,
         )
         STARTED.append(self.process)
         self.lines: list[str] = []

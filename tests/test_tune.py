@@ -27,7 +27,7 @@ from mnistlab.tune import (
     trial_name,
     worker_threads,
 )
-from tests.conftest import ROOT, dvc, git, venv_env
+from tests.conftest import ROOT, ctrl_c_reaches_it, dvc, git, venv_env
 
 # --- the search space -------------------------------------------------------------------------
 
@@ -230,9 +230,7 @@ def tune(project: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # As from a terminal: Ctrl-C reaches it even when the suite runs as a background job, whose children a
-        # non-interactive shell starts with SIGINT ignored (POSIX); Python then never raises KeyboardInterrupt
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=ctrl_c_reaches_it,
     )
 
 
