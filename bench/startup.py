@@ -5,6 +5,9 @@ import sys
 from bench.common import ROOT, median, seconds, stage_names, table, wall_seconds
 
 LIBRARIES = ("torch", "torchvision", "torchmetrics", "pytorch_lightning")
+# What every training process pays before its first step, Lightning or not: torch 2.14's optimizers import
+# torch._dynamo when constructed (torch/optim/optimizer.py), seconds on a laptop-class CPU.
+OPTIMIZER = "import torch; torch.optim.RMSprop([torch.zeros(1, requires_grad=True)])"
 
 
 def measure(repeats: int, env: dict[str, str]) -> dict:
@@ -16,6 +19,7 @@ def measure(repeats: int, env: dict[str, str]) -> dict:
 
     reference = {"python -c pass": timed([python, "-c", "pass"])}
     reference |= {f"import {library}": timed([python, "-c", f"import {library}"]) for library in LIBRARIES}
+    reference["import torch, then an optimizer"] = timed([python, "-c", OPTIMIZER])
     stages = {
         name: {
             "import_s": timed([python, "-c", f"import stages.{name}"]),
