@@ -20,8 +20,9 @@ VEGA          := $(VENDOR)/.installed
 # `make bench` / `make bench-gpu`: extra options for python -m bench (see python -m bench --help).
 BENCH_ARGS ?=
 BENCH_DEPS := bench/.deps
-# `make test`: pytest-xdist workers, each given whole test modules (their shared fixtures built once).
-TEST_WORKERS ?= 2
+# `make test`: pytest-xdist workers, each given whole test modules (their shared fixtures built once): one per
+# usable core, at least 2, at most 4 (beyond that the longest module, the views' sweep, bounds the suite).
+TEST_WORKERS ?= $(shell $(PYTHON3) -c 'import os; cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(); print(min(4, max(2, cores or 2)))' 2>/dev/null || echo 2)
 
 .DEFAULT_GOAL := help
 .PHONY: help repro verify test test-fast report tune predict bench bench-gpu lint format clean-venv lock
@@ -36,7 +37,7 @@ repro: $(STAMP) ## run the whole pipeline (dvc repro); creates .venv first if mi
 verify: $(STAMP) ## did I reproduce the committed results? reruns the pipeline in a throwaway copy, compares
 	$(PYTHON) -m mnistlab.verify
 
-test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI runs), on 2 workers
+test: $(STAMP) $(VEGA) ## all tests, the slow end-to-end ones included (what CI runs); a worker per core, 2 to 4
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-fast: $(STAMP) $(VEGA) ## unit tests only (no slow marker)

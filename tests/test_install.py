@@ -23,7 +23,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sitecustomize_env
 from tools.check_python import minimum, problem
 
 DECLARED = ROOT / "requirements.in"
@@ -278,3 +278,17 @@ def test_make_goes_on_to_create_the_venv_with_a_new_enough_python(project_for_ma
     result = run_make(project_for_make, "-n", ".venv/.installed", f"PYTHON3={fake_python(tmp_path, (3, 12, 1), base)}")
     assert result.returncode == 0, result.stderr
     assert "-m venv .venv" in result.stdout and "uv pip sync" in result.stdout and "--require-hashes" in result.stdout
+
+
+# Every Python the Makefile starts sees this many usable cores.
+CORES = "import os\nos.sched_getaffinity = lambda pid: set(range(int(os.environ['FAKE_CORES'])))\n"
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 2), (2, 2), (3, 3), (16, 4)])
+def test_make_test_runs_a_worker_per_core_from_2_to_4(cores: int, workers: int, tmp_path: Path) -> None:
+    env = sitecustomize_env(tmp_path / "cores", CORES) | {"FAKE_CORES": str(cores)}
+    env = {k: v for k, v in env.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TEST_WORKERS")}
+    for extra, expected in [((), workers), (("TEST_WORKERS=6",), 6)]:  # the user's number wins
+        result = subprocess.run(["make", "-n", "test", *extra], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert f"-m pytest -n {expected} --dist loadfile" in result.stdout, result.stdout
