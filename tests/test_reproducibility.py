@@ -72,6 +72,32 @@ def test_every_stage_runs_mkl_in_strict_mode_unless_the_user_says_otherwise(stag
     assert imports_of(every_stage, {"MKL_CBWR": ""}).mkl == "OFF"
 
 
+# ------------------------------------------------------------------ a quick exit: no collector's passes at the end
+
+CYCLE_AT_EXIT = """import sys
+{first}
+
+class Cycle:
+    def __del__(self):
+        print("collected at exit")
+
+held = Cycle()
+held.itself = held  # garbage only once __main__ is torn down: the collector's passes at exit would find it
+"""
+
+
+def test_a_process_that_imported_mnistlab_ends_without_the_collectors_last_passes() -> None:
+    """mnistlab/__init__.py freezes the collector as its process ends: seconds of CPU after torch. The control,
+    without the import, shows that Python would otherwise run the cycle's finalizer at exit."""
+    outputs = {}
+    for first in ("import mnistlab", "pass"):
+        code = CYCLE_AT_EXIT.format(first=first)
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=venv_env(), capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        outputs[first] = out.stdout
+    assert outputs == {"import mnistlab": "", "pass": "collected at exit\n"}
+
+
 # ------------------------------------------------------------------ ATen's AVX2 kernels by default (issue 17)
 
 CPU_FLAGS = cpu_flags()
