@@ -246,8 +246,10 @@ def project_for_make(tmp_path: Path) -> Path:
     return project
 
 
-def run_make(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV")}
+def run_make(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``make`` in ``project``, in ``env`` (default: this process's) without what the calling make or the user set."""
+    unset = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VIRTUAL_ENV", "TEST_WORKERS")
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k not in unset}
     return subprocess.run(["make", *args], cwd=project, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -287,8 +289,7 @@ CORES = "import os\nos.sched_getaffinity = lambda pid: set(range(int(os.environ[
 @pytest.mark.parametrize(("cores", "workers"), [(1, 2), (2, 2), (3, 3), (16, 4)])
 def test_make_test_runs_a_worker_per_core_from_2_to_4(cores: int, workers: int, tmp_path: Path) -> None:
     env = sitecustomize_env(tmp_path / "cores", CORES) | {"FAKE_CORES": str(cores)}
-    env = {k: v for k, v in env.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TEST_WORKERS")}
     for extra, expected in [((), workers), (("TEST_WORKERS=6",), 6)]:  # the user's number wins
-        result = subprocess.run(["make", "-n", "test", *extra], cwd=ROOT, env=env, capture_output=True, text=True)
+        result = run_make(ROOT, "-n", "test", *extra, env=env)
         assert result.returncode == 0, result.stderr
         assert f"-m pytest -n {expected} --dist loadfile" in result.stdout, result.stdout
