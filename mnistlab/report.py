@@ -6,9 +6,10 @@ from its git commit (``git show <rev>:plots/...``). The page inlines vega, vega-
 from html/vendor/ (installed by `make`), so it opens without a network.
 
 The best run per model is chosen by validation accuracy (``val_acc.<model>``), and its test accuracy
-is shown beside it: the test set is looked at once, for what was chosen (ISLP ch. 5). Experiments
-named ``<study>-NNN`` are the trials of a tuning study (`make tune`): one chart per study shows
-each trial's validation accuracy and the best so far.
+is shown beside it: the test set is looked at once, for what was chosen (ISLP ch. 5). The runs are
+read, and the best chosen, by :mod:`mnistlab.experiments`, as `make tune` does. The trials of a
+tuning study (`make tune`) are the experiments whose commits say so (``Tuning-Study`` trailers):
+one chart per study shows each trial's validation accuracy and the best so far.
 
     python -m mnistlab.report reports/experiments.html [--sort-by val_acc.mlr] [--rev COMMIT]
 """
@@ -17,24 +18,23 @@ import argparse
 import base64
 import io
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
 import pandas as pd
 
+from mnistlab import dvc_queue
 from mnistlab.errors import DataError, PipelineError
+from mnistlab.experiments import ExpShowError, Run, best_on_validation, read_runs, show, tag_trials
 from mnistlab.params import MODEL_NAMES
 from mnistlab.stage import METRICS_FILE
 
 VENDOR = Path("html/vendor")  # relative: run from the project root, as the stages are
 VEGA_SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 MAX_DIGITS = 24  # per side of the best-vs-baseline comparison
-TRIAL_NAME = re.compile(r"^(?P<study>.+)-(?P<trial>\d{3,})$")  # make tune's experiments: tune-mlp-007
 WHY_VALIDATION = (
     "The best run per model is the one with the highest validation accuracy, and its test accuracy is shown"
     " beside it: the test set is looked at once, for the run already chosen, because a run picked by its"
@@ -43,46 +43,13 @@ WHY_VALIDATION = (
 )
 
 
-@dataclass
-class Run:
-    """One row of the experiment table: the baseline commit or an experiment derived from it."""
-
-    name: str
-    rev: str
-    params: dict
-    metrics: dict[str, float]  # val_acc.mlp, val_acc.mlr, test_acc.mlp, ..., test_loss.mlr (the file's order)
-    baseline: bool = False
-
-
-def flatten(tree: dict) -> dict:
-    """Nested keys joined by dots, as DVC names its columns (``train_mlr.learning_rate``, ``val_acc.mlp``)."""
-    return pd.json_normalize(tree).iloc[0].to_dict() if tree else {}
-
-
-def _run(entry: dict, name: str, baseline: bool = False) -> Run | None:
-    data = entry.get("data") or {}
-    metrics = ((data.get("metrics") or {}).get(METRICS_FILE) or {}).get("data")
-    if not metrics or entry.get("error"):
-        return None  # a failed or queued experiment has no results to compare
-    params = flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data") or {})
-    return Run(name, entry["rev"], params, flatten(metrics), baseline)
-
-
-def collect_runs(exp_show: list[dict]) -> list[Run]:
-    """The baseline commit and its experiments, from ``dvc exp show --json`` (the workspace row left out)."""
-    runs = []
-    for commit in exp_show:
-        if commit["rev"] == "workspace":
-            continue
-        if base := _run(commit, commit.get("name") or commit["rev"][:7], baseline=True):
-            runs.append(base)
-        for experiment in commit.get("experiments") or []:
-            for revision in experiment.get("revs") or []:
-                if run := _run(revision, experiment.get("name") or revision["rev"][:7]):
-                    runs.append(run)
-    if not any(run.baseline for run in runs):
+def collect_runs(runs: Sequence[Run]) -> list[Run]:
+    """The runs with results to compare (failed, queued and running ones have none), the baseline commit first
+    among them; a DataError when no committed baseline has metrics."""
+    results = [run for run in runs if run.state == "success" and run.metrics]
+    if not any(run.baseline for run in results):
         raise DataError(f"no committed {METRICS_FILE}: run `make repro` and commit before `make report`")
-    return runs
+    return results
 
 
 def experiment_table(runs: list[Run], sort_by: str) -> pd.DataFrame:
@@ -106,12 +73,9 @@ def experiment_table(runs: list[Run], sort_by: str) -> pd.DataFrame:
 
 
 def best_run(runs: list[Run], model: str) -> Run:
-    """The run with the highest validation accuracy for ``model``; on a tie the baseline, then the first listed.
-
-    Never the test accuracy: that is reported for the run chosen here, once (``WHY_VALIDATION``).
-    """
-    ranked = max(enumerate(runs), key=lambda item: (item[1].metrics[f"val_acc.{model}"], item[1].baseline, -item[0]))
-    return ranked[1]
+    """The run chosen on validation for ``model`` (:func:`mnistlab.experiments.best_on_validation`); the baseline
+    when no run has a validation accuracy for it."""
+    return best_on_validation(runs, model) or next(run for run in runs if run.baseline)
 
 
 def chosen_runs(runs: list[Run]) -> pd.DataFrame:
@@ -139,23 +103,17 @@ def default_sort(runs: list[Run]) -> str:
     return max(spreads, key=spreads.get)
 
 
-def study_trials(exp_show: list[dict]) -> pd.DataFrame:
-    """The experiments named ``<study>-NNN`` (tuning trials): study, trial number, experiment and each
-    model's validation accuracy, NaN for a trial without metrics (failed, pruned or still queued)."""
+def study_trials(runs: Sequence[Run]) -> pd.DataFrame:
+    """The trials of tuning studies (runs tagged by the tuner, whatever their state): study, trial number,
+    experiment and each model's validation accuracy, NaN for a trial without one (failed, pruned, queued)."""
     rows = []
-    for commit in exp_show:
-        if commit["rev"] == "workspace":
+    for run in runs:
+        if run.study is None:
             continue
-        for experiment in commit.get("experiments") or []:
-            for revision in experiment.get("revs") or []:
-                name = revision.get("name") or experiment.get("name") or ""
-                if not (match := TRIAL_NAME.match(name)):
-                    continue
-                run = _run(revision, name)
-                row = {"study": match["study"], "trial": int(match["trial"]), "experiment": name}
-                for model in MODEL_NAMES:
-                    row[f"val_acc.{model}"] = run.metrics.get(f"val_acc.{model}") if run else None
-                rows.append(row)
+        row = {"study": run.study, "trial": run.trial, "experiment": run.name}
+        for model in MODEL_NAMES:
+            row[f"val_acc.{model}"] = run.accuracy("val", model) if run.state == "success" else None
+        rows.append(row)
     columns = ["study", "trial", "experiment", *(f"val_acc.{model}" for model in MODEL_NAMES)]
     trials = pd.DataFrame(rows, columns=columns).astype({f"val_acc.{model}": float for model in MODEL_NAMES})
     return trials.sort_values(["study", "trial", "experiment"], kind="stable").reset_index(drop=True)
@@ -225,9 +183,9 @@ def trial_chart(study: str, trials: pd.DataFrame) -> dict:
     }
 
 
-def study_section(exp_show: list[dict]) -> tuple[str, dict[str, dict]]:
+def study_section(runs: Sequence[Run]) -> tuple[str, dict[str, dict]]:
     """HTML and chart specs for the tuning studies: one chart per study; nothing when there is none."""
-    trials = study_trials(exp_show)
+    trials = study_trials(runs)
     if trials.empty:
         return "", {}
     specs = {
@@ -387,15 +345,16 @@ Promise.all(Object.entries(specs).map(([id, spec]) =>
 """
 
 
-def render(exp_show: list[dict], images, sort_by: str | None = None) -> str:
-    """The whole page for ``dvc exp show --json``'s output and the test images (uint8, N x 28 x 28)."""
+def render(shown: list[Run], images, sort_by: str | None = None) -> str:
+    """The whole page for the runs of ``dvc exp show`` (:func:`mnistlab.experiments.read_runs`, trials tagged)
+    and the test images (uint8, N x 28 x 28)."""
     missing = [name for name in VEGA_SCRIPTS if not (VENDOR / name).is_file()]
     if missing:
         raise DataError(f"{', '.join(missing)} not in html/vendor/: `make report` installs them (npm)")
-    runs = collect_runs(exp_show)
+    runs = collect_runs(shown)
     sort_by = sort_by or default_sort(runs)
     table = experiment_table(runs, sort_by)
-    studies, specs = study_section(exp_show)
+    studies, specs = study_section(shown)
     sections = []
     for model in MODEL_NAMES:
         html, model_specs = model_section(runs, model, images)
@@ -428,13 +387,19 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--test-split", type=Path, default=Path("data/split/test"), help="the test images")
     args = parser.parse_args(argv)
     try:
-        command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--rev", args.rev] if args.rev else [])]
-        shown = subprocess.run(command, capture_output=True, text=True)
-        if shown.returncode != 0:
-            raise DataError(f"dvc exp show failed: {shown.stderr.strip()}")
+        try:
+            shown = tag_trials(read_runs(show(*(["--rev", args.rev] if args.rev else []))))
+        except ExpShowError as error:
+            stuck = dvc_queue.stuck_tasks(Path.cwd(), error.stderr)
+            if not stuck:
+                raise
+            remedy = " && ".join(f"dvc queue kill {task[:7]} && dvc queue remove {task[:7]}" for task in stuck)
+            raise DataError(
+                f"{error}: DVC's queue holds a stuck task (active, no record); DVC's remedy: {remedy}"
+            ) from None
         from mnistlab.data import load_split  # torch: only once the experiments are known
 
-        page = render(json.loads(shown.stdout), load_split(args.test_split).images, args.sort_by)
+        page = render(shown, load_split(args.test_split).images, args.sort_by)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -2,219 +2,54 @@
 
 Optuna proposes, DVC runs, and what DVC recorded is the result:
 
-- Optuna's ask-and-tell (seeded TPE) proposes params from the search space in ``tune.yaml``;
+- Optuna's ask-and-tell (seeded TPE) proposes params from the search space (``tune.yaml``,
+  :mod:`mnistlab.space`);
 - each trial is queued as ``dvc exp run --queue -n <name> -S key=value ...`` and run by DVC's queue
-  workers (``dvc queue start -j JOBS``), each in its own temporary copy of the repository;
-- the objective, the model's validation accuracy (``val_acc.<model>`` of metrics/metrics.json), is
-  read back from ``dvc exp show --json``; nothing else is kept on the side but Optuna's study;
-- the study lives in a journal file (default ``experiments/studies/<study>.journal``, git-ignored):
-  no server, and Ctrl-C then the same command again continues it.
+  workers (``dvc queue start -j JOBS``), each in its own temporary copy of the repository
+  (:mod:`mnistlab.dvc_queue`, the only module that knows DVC's queue files);
+- the objective, the model's validation accuracy (``val_acc.<model>``), is read back from
+  ``dvc exp show --json`` (:mod:`mnistlab.experiments`); each trial's commit carries the study and
+  trial number as trailers, so any clone tells a study's trials apart;
+- the study lives in Optuna's storage: a journal file by default (``experiments/studies/<study>.journal``,
+  git-ignored, one machine, no server), or a database (``--storage postgresql://...``) that several
+  machines share, with heartbeats: a trial whose machine stops beating is failed after a grace period.
 
-Names: experiment ``<study>-<trial number, 3 digits>``, the study named ``tune-<model>`` unless
-``--study`` says otherwise: ``tune-mlp-007`` is trial 7 of study ``tune-mlp``. `dvc exp show` and
-`make report` find a study's trials by that prefix; the trial's user attribute ``experiment`` says it too.
+A trial is finished when it is COMPLETE (its experiment succeeded), PRUNED (stopped early: its best
+validation accuracy so far fell below the median of the completed trials' at that epoch) or FAIL
+(its experiment failed, stalled, or its machine stopped beating): ``--trials N`` runs until the
+study has N finished trials, and asks for no more than N across every machine. On a restart, a
+trial the storage holds as RUNNING, queued by this project (user attribute ``queue``: host and
+folder), is resolved from DVC's record: finished there, it is told its result; queued or running
+there, it is waited for; unknown to DVC, it is queued again with the params it was given.
 
-A trial is finished when it is COMPLETE (its experiment succeeded), PRUNED (stopped early: its
-validation accuracy per epoch, read from the running experiment's history, fell below the median of
-earlier trials at that epoch) or FAIL (its experiment failed): ``--trials N`` runs until the study
-has N finished trials. On a restart, a trial the journal holds as RUNNING, queued by this project
-(user attribute ``queue``: host and folder), is resolved from DVC's record: finished there, it is
-told its result; queued or running there, it is waited for; unknown to DVC, it is queued again with
-the params it was given. So no trial runs twice. Another machine's running trials are left to it.
-
-    python -m mnistlab.tune --model mlp --trials 12 --jobs 2 [--space tune.yaml] [--study NAME] [--storage PATH]
+    python -m mnistlab.tune --model mlp --trials 12 --jobs 2 [--space tune.yaml] [--study NAME]
+                            [--storage PATH|URL] [--push GIT_REMOTE] [--stall-timeout S] [--grace-period S]
 """
 
 import argparse
-import json
-import math
-import os
 import re
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from mnistlab import dvc_queue as queue
 from mnistlab.errors import PipelineError
-from mnistlab.params import MODEL_NAMES, TrainParams, parse_section, read_params, train_params, train_section
-from mnistlab.report import TRIAL_NAME, flatten
-from mnistlab.stage import HISTORY, METRICS_FILE, run_stage
-from mnistlab.workspace import venv_env
+from mnistlab.experiments import Run, best_on_validation, read_runs, show, trial_message
+from mnistlab.params import MODEL_NAMES, parse_section, read_params, train_params, train_section
+from mnistlab.space import SPACE_FILE, Space, load_space
+from mnistlab.stage import HISTORY, run_stage
+from mnistlab.study import HEARTBEAT_S, Heartbeat, is_url, open_storage, open_study, owner_of
 
-SPACE_FILE = Path("tune.yaml")
 STUDIES = Path("experiments/studies")  # git-ignored: each study's journal
-EXPS_DIR = Path(".dvc/tmp/exps")  # DVC's queue: run/ (executors), celery/ (broker messages, workers' records)
-EXEC_RUN_DIR = EXPS_DIR / "run"  # <task>/<task>.run (executor info), <task>.out (its log)
 POLL_S = 5.0  # between two looks at the queue's files (and the running trials' histories)
 STATUS_EVERY_S = 60.0  # `dvc queue status` at least this often, even when the queue's files did not change
-# DVC's TaskStatus (dvc/repo/experiments/executor/base.py), as an executor record stores it; ENDED: FAILED,
-# CANCELED, FINISHED (the experiment collected and cleaned up)
-RUNNING, ENDED = 2, (4, 5, 6)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a study's name: part of a git ref
-
-
-class SpaceError(PipelineError):
-    """The search space file is missing, malformed, or names params that do not exist."""
-
-
-_NUMBER = BeforeValidator(lambda v: yaml.safe_load(v) if isinstance(v, str) else v)  # '1e-4' is a number too
-Number = Annotated[int | float, _NUMBER]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Range(_Strict):
-    """Numbers from ``low`` to ``high``; integers where the param is one; ``log``: uniform in log space."""
-
-    low: Number
-    high: Number
-    log: bool = False
-
-
-class Choices(_Strict):
-    """One of a list of values (batch sizes, say)."""
-
-    choices: tuple[Any, ...] = Field(min_length=1)
-
-
-class Pruning(_Strict):
-    """Optuna's MedianPruner, fed each epoch's validation accuracy of the running experiment."""
-
-    startup_trials: int = Field(4, ge=0, description="trials finished before any trial is pruned")
-    warmup_epochs: int = Field(3, ge=0, description="epochs every trial trains before it may be pruned")
-
-
-class SpaceFile(_Strict):
-    seed: int = Field(0, ge=0, description="the sampler's seed")
-    pruning: Pruning | None = Pruning()
-    train_mlp: dict[str, dict] = {}
-    train_mlr: dict[str, dict] = {}
-
-
-@dataclass(frozen=True)
-class Space:
-    """The validated search space of one model: Optuna's distributions by params key, in file order."""
-
-    model: str
-    seed: int
-    pruning: Pruning | None
-    distributions: dict[str, Any]  # "train_mlp.learning_rate" -> optuna.distributions.*
-
-
-def _problems(error: ValidationError, prefix: str, known: Sequence[str]) -> list[str]:
-    problems = []
-    for item in error.errors():
-        where = prefix + ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
-            nested = SpaceFile.model_fields[item["loc"][0]].default if len(item["loc"]) > 1 else None
-            allowed = list(type(nested).model_fields) if isinstance(nested, BaseModel) else known
-            problems.append(f"{where} is not a known key (allowed: {', '.join(allowed)})")
-        elif item["type"] == "missing":
-            problems.append(f"{where} is missing")
-        else:
-            problems.append(f"{where} = {item['input']!r} is not allowed: {item['msg']}")
-    return problems
-
-
-def _value_problem(params_cls: type[TrainParams], key: str, value: Any, where: str) -> str | None:
-    """Why params.yaml would refuse ``value`` for ``key`` (its own bounds and type), or None."""
-    info = params_cls.model_fields[key]
-    adapter = TypeAdapter(Annotated[(info.annotation, *info.metadata)], config=ConfigDict(strict=True))
-    try:
-        adapter.validate_python(value)
-    except ValidationError:
-        allowed = next((str(item) for item in info.metadata if type(item).__name__ == "Allowed"), "a valid value")
-        return f"{where} = {value!r} is not allowed: params.yaml's {key} expects {allowed}"
-    return None
-
-
-def _distribution(params_cls: type[TrainParams], key: str, spec: dict, where: str) -> tuple[Any, list[str]]:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    kind = Choices if "choices" in spec else Range
-    try:
-        dimension = kind.model_validate(spec)
-    except ValidationError as error:
-        return None, _problems(error, f"{where}.", list(kind.model_fields))
-    if isinstance(dimension, Choices):
-        problems = [p for value in dimension.choices if (p := _value_problem(params_cls, key, value, where))]
-        return CategoricalDistribution(dimension.choices), problems
-    integer = params_cls.model_fields[key].annotation is int
-    problems = [
-        p
-        for bound in ("low", "high")
-        if (p := _value_problem(params_cls, key, getattr(dimension, bound), f"{where}.{bound}"))
-    ]
-    if problems:
-        return None, problems
-    low, high = dimension.low, dimension.high
-    if not low < high:
-        return None, [f"{where}: low = {low!r} must be below high = {high!r}"]
-    if dimension.log and low <= 0:
-        return None, [f"{where}: log = true needs low > 0, got {low!r}"]
-    if integer:
-        return IntDistribution(low, high, log=dimension.log), []
-    return FloatDistribution(float(low), float(high), log=dimension.log), []
-
-
-def parse_space(raw: Any, model: str, source: str = str(SPACE_FILE)) -> Space:
-    """The search space of ``model`` from the content of tune.yaml; every problem in one SpaceError."""
-    section = train_section(model)
-    if not isinstance(raw, dict):
-        raise SpaceError(f"{source} must be a mapping (seed, pruning, train_mlp, train_mlr), got {raw!r}")
-    try:
-        space = SpaceFile.model_validate(raw)
-    except ValidationError as error:
-        raise SpaceError(f"{source}: " + "; ".join(_problems(error, "", list(SpaceFile.model_fields)))) from None
-    params_cls = train_params(model)
-    problems, distributions = [], {}
-    for name in MODEL_NAMES:
-        for key in getattr(space, train_section(name)):
-            if key not in train_params(name).model_fields:
-                known = ", ".join(train_params(name).model_fields)
-                problems.append(
-                    f"{train_section(name)}.{key} is not a key of params.yaml's {train_section(name)}"
-                    f" (allowed: {known})"
-                )
-    for key, spec in getattr(space, section).items():
-        where = f"{section}.{key}"
-        if key not in params_cls.model_fields:
-            continue  # reported above
-        if not isinstance(spec, dict):
-            problems.append(
-                f"{where} = {spec!r} is not allowed: expected {{low: ..., high: ...}} or {{choices: [...]}}"
-            )
-            continue
-        distribution, found = _distribution(params_cls, key, spec, where)
-        problems += found
-        if distribution is not None and not found:
-            distributions[where] = distribution
-    if not problems and not distributions:
-        problems.append(f"{section} is empty: nothing to search for {model}")
-    if problems:
-        raise SpaceError(f"{source}: " + "; ".join(problems))
-    return Space(model, space.seed, space.pruning, distributions)
-
-
-def load_space(path: Path, model: str) -> Space:
-    """``parse_space`` of a file; a missing or malformed one is a SpaceError naming it."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpaceError(f"{path} not found: the search space (see tune.yaml in the repository)") from None
-    except yaml.YAMLError as error:
-        raise SpaceError(f"{path} is not valid YAML: {error}") from None
-    return parse_space(raw, model, str(path))
 
 
 def trial_name(study: str, number: int) -> str:
@@ -228,65 +63,20 @@ def set_option(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """One experiment as ``dvc exp show --json`` gives it: state, params and metrics flattened."""
-
-    name: str
-    state: str  # success, queued, running, failed
-    params: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def number(self) -> int:
-        """The trial's number, from the name's last part."""
-        return int(self.name.rsplit("-", 1)[1])
-
-    def accuracy(self, split: str, model: str) -> float | None:
-        """``val``/``test`` accuracy of ``model``, None where the experiment has no metrics."""
-        value = self.metrics.get(f"{split}_acc.{model}")
-        return float(value) if value is not None and math.isfinite(value) else None
-
-
-def study_experiments(exp_show: list[dict], study: str) -> dict[str, Experiment]:
-    """The experiments named ``<study>-NNN`` in ``dvc exp show --json``'s output, by name."""
-    found = {}
-    for commit in exp_show:
-        for entry in commit.get("experiments") or []:
-            revs = entry.get("revs") or [{}]
-            name = entry.get("name") or revs[0].get("name")
-            trial = TRIAL_NAME.fullmatch(name or "")
-            if not trial or trial["study"] != study:
-                continue
-            data = revs[0].get("data") or {}
-            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-            metrics = ((data.get("metrics") or {}).get(METRICS_FILE) or {}).get("data") or {}
-            state = (entry.get("executor") or {}).get("state") or ("failed" if revs[0].get("error") else "success")
-            found[name] = Experiment(name, state, flatten(params), flatten(metrics))
-    return found
-
-
-def best_experiment(experiments: Mapping[str, Experiment], model: str) -> Experiment | None:
-    """The experiment with the highest validation accuracy (test accuracy is never looked at); ties: lower number."""
-    scored = [e for e in experiments.values() if e.state == "success" and e.accuracy("val", model) is not None]
-    return max(scored, key=lambda e: (e.accuracy("val", model), -e.number), default=None)
-
-
-def queue_states(status_output: str) -> dict[str, str]:
-    """Experiment name -> Queued, Running, Success or Failed, from `dvc queue status`'s table."""
-    states = {}
-    for line in status_output.splitlines():
-        words = line.split()
-        if len(words) >= 4 and re.fullmatch(r"[0-9a-f]{7}", words[0]):
-            states[words[1]] = words[-1]
-    return states
-
-
 def epoch_accuracies(history_csv: Path) -> list[float]:
-    """Validation accuracy per finished epoch in a training history as it grows (empty while none)."""
+    """Validation accuracy per finished epoch in a training history as it grows (empty while none).
+
+    Only whole lines count: a row still being written (no newline yet) is read on the next look, so the
+    pruner, which keeps the first value reported for an epoch, never gets a truncated number.
+    """
     try:
-        history = pd.read_csv(history_csv)
-    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        text = history_csv.read_text()
+    except OSError:
+        return []
+    text = text[: text.rfind("\n") + 1]
+    try:
+        history = pd.read_csv(pd.io.common.StringIO(text))
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
         return []
     if "valid_accuracy" not in history:
         return []
@@ -294,159 +84,150 @@ def epoch_accuracies(history_csv: Path) -> list[float]:
     return [float(value) for value in rows.valid_accuracy]
 
 
-def running_histories(root: Path, model: str) -> dict[str, Path]:
-    """Experiment name -> the history its training stage is writing, for the queue's running experiments.
-
-    DVC writes an executor record (``<task>.run``: name, root_dir) and the task's log (``<task>.out``)
-    for each queued experiment; the history is read once the log says the training stage started,
-    after DVC removed the outputs it checked out from the baseline.
-    """
-    found = {}
-    for info_file, info in executor_records(root).items():
-        if info is None:
-            continue
-        try:
-            log = info_file.with_suffix(".out").read_text(errors="replace")
-        except OSError:
-            continue  # being written
-        if info.get("name") and info.get("root_dir") and f"Running stage '{train_section(model)}'" in log:
-            found[info["name"]] = Path(info["root_dir"]) / "models" / model / HISTORY
-    return found
-
-
-def executor_records(root: Path) -> dict[Path, dict | None]:
-    """DVC's executor record of each queued task (``run/<task>/<task>.run``: name, root_dir, status), by file
-    in name order; None for one being written."""
-    records: dict[Path, dict | None] = {}
-    for info_file in sorted((root / EXEC_RUN_DIR).glob("*/*.run")):
-        try:
-            records[info_file] = json.loads(info_file.read_text())
-        except (OSError, ValueError):
-            records[info_file] = None
-    return records
-
-
-def queue_fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """What changes whenever DVC's queue does: its executors' records (a task's status), the broker's queued
-    messages, the tasks' results and the workers' records. Listing them costs microseconds; `dvc queue status` costs a
-    process and about 2 s of CPU, taken from the trials it watches."""
-    exps = root / EXPS_DIR
-    found = []
-    records = ("run/*/*.run", "celery/broker/in/*", "celery/result/*", "celery/*.json")
-    for path in sorted(path for pattern in records for path in exps.glob(pattern)):
-        try:
-            stat = path.stat()
-        except OSError:
-            continue  # removed in between: the next look sees it gone
-        found.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(found)
-
-
-def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """A DVC command in the project; a failure is a PipelineError with DVC's own message."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=venv_env())
-    if check and result.returncode != 0:
-        message = (result.stderr.strip() or result.stdout.strip()).splitlines() or ["(no output)"]
-        raise PipelineError(f"dvc {' '.join(args[:3])} ... failed: {message[-1]}")
-    return result
-
-
-def worker_threads(jobs: int, cores: int | None = None) -> int:
-    """Threads per trial: the cores shared out among the workers, at least one each."""
-    return max(1, (cores or os.cpu_count() or 1) // jobs)
-
-
-def start_workers(jobs: int, root: Path | None = None) -> None:
-    """``dvc queue start -j JOBS`` (in ``root``, default the current folder): its workers outlive it and
-    inherit its output, so they get no pipe of ours to hold open (given one, the call would return only
-    when they stop, 10 s after the queue is empty).
-
-    Each trial gets its share of the cores (``OMP_NUM_THREADS``, unless set): two trainings of two
-    threads each on 2 cores spend their time waiting for each other. In MKL's strict mode the thread
-    count does not change the bits (docs/reproducibility.md), so a trial gives the result it would alone.
-    """
-    command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
-    env = {"OMP_NUM_THREADS": str(worker_threads(jobs))} | venv_env()  # the user's own setting wins
-    started = subprocess.run(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    if started.returncode != 0:
-        raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): run it to see why")
-
-
-def show_experiments(study: str, attempts: int = 6) -> dict[str, Experiment]:
-    """The study's experiments from ``dvc exp show --json``, asked again while DVC's queue is mid-change.
-
-    DVC 3.67 lists a task as active before its worker has written the task's info file, and
-    ``dvc exp show`` then fails (FileNotFoundError on ``.dvc/tmp/exps/run/<task>/<task>.run``)
-    for the moment it takes the worker to write it.
-    """
-    for attempt in range(attempts):
-        try:
-            return study_experiments(json.loads(dvc("exp", "show", "--json").stdout), study)
-        except PipelineError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(POLL_S)
-    raise AssertionError("unreachable")
-
-
 @dataclass
 class Active:
-    """A trial whose experiment is queued or running."""
+    """A trial of this machine whose experiment is queued or running."""
 
     trial: Any  # optuna.trial.Trial
+    trial_id: int  # the storage's id of it, for its heartbeats
     name: str
     params: dict[str, Any]
     reported: int = 0  # epochs already reported to the pruner
+    progress: tuple = ()  # what was last seen of it: epochs, log size, process
+    progress_at: float = field(default_factory=time.monotonic)  # when that last changed
 
 
 class Tuner:
     """Ask, queue, watch and tell, until the study has the trials asked for."""
 
-    def __init__(self, study: Any, space: Space, jobs: int) -> None:
-        self.study, self.space, self.jobs = study, space, jobs
-        self.owner = f"{socket.gethostname()}:{Path.cwd()}"  # whose DVC queue runs a trial (a shared journal)
+    def __init__(
+        self, study: Any, storage: Any, space: Space, jobs: int, root: Path, stall_timeout_s: float = 900.0
+    ) -> None:
+        self.study, self.storage, self.space, self.jobs, self.root = study, storage, space, jobs, root
+        shared = hasattr(storage, "record_heartbeat")  # a database: other machines may use it too
+        self.shared = shared  # a database other machines may use too
+        self.stall_timeout_s = stall_timeout_s
+        self.owner = owner_of(root)
         self.active: dict[int, Active] = {}
+
+    # --- the study -----------------------------------------------------------------------------
+
+    def trials(self, *states: Any) -> list[Any]:
+        return self.study.get_trials(deepcopy=False, states=states or None)
 
     def finished(self) -> list[Any]:
         from optuna.trial import TrialState
 
-        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        return self.trials(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+    def mine(self, frozen: Any) -> bool:
+        """Whether this machine queued the trial. One without a ``queue`` (stopped between ask and its first
+        attribute) is this machine's in a journal, which one machine uses; in a shared database its
+        heartbeat decides."""
+        owner = frozen.user_attrs.get("queue")
+        return owner == self.owner or (owner is None and not self.shared)
+
+    def trial_id(self, number: int) -> int:
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def beat(self) -> None:
+        """Record a heartbeat for each of this machine's running trials (a database study only)."""
+        if not self.shared:
+            return
+        for active in list(self.active.values()):
+            self.storage.record_heartbeat(active.trial_id)
+
+    def fail_stale(self) -> None:
+        """Fail the trials whose machine stopped beating (another machine's, or this one's before a restart)."""
+        if self.shared:
+            from optuna.storages import fail_stale_trials
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental since Optuna 2.9, and the only API for it
+                fail_stale_trials(self.study)
+
+    # --- DVC -----------------------------------------------------------------------------------
+
+    def recovering(self, read: Callable[[], Any]) -> Any:
+        """``read()`` (a DVC command), after DVC's remedy for any stuck task it fails on: a task DVC lists
+        as active with no executor record, which makes every `dvc exp show` and `dvc queue status` fail
+        until it is killed and removed."""
+        try:
+            return read()
+        except (queue.DvcError, PipelineError) as error:
+            stuck = queue.stuck_tasks(self.root, getattr(error, "stderr", ""))
+            if not stuck:
+                raise
+        names = queue.task_names(self.root)
+        for task in stuck:
+            said = queue.kill_and_remove(task, cwd=self.root)
+            name = names.get(task, task[:7])
+            print(f"{name}: DVC's task {task[:7]} was stuck (active, no executor record): killed and removed ({said})")
+            self.fail(name, "stuck in DVC's queue")
+        return read()
+
+    def shown(self) -> dict[str, Run]:
+        return {run.name: run for run in self.recovering(lambda: read_runs(show(cwd=self.root)))}
+
+    def queue_states(self) -> dict[str, str]:
+        return self.recovering(lambda: queue.queue_states(queue.dvc("queue", "status", cwd=self.root).stdout))
+
+    def fail(self, name: str, why: str) -> None:
+        """Tell the active trial of experiment ``name`` it failed."""
+        from optuna.trial import TrialState
+
+        for number, active in list(self.active.items()):
+            if active.name == name:
+                self.study.tell(number, state=TrialState.FAIL)
+                print(f"{name}: failed: {why}", flush=True)
+                del self.active[number]
+
+    # --- the search ----------------------------------------------------------------------------
 
     def queue(self, active: Active) -> None:
         options = [part for key, value in active.params.items() for part in ("-S", set_option(key, value))]
-        dvc("exp", "run", "--queue", "-n", active.name, *options)
+        message = trial_message(self.study.study_name, active.trial.number, active.name)
+        queue.dvc("exp", "run", "--queue", "-n", active.name, "-m", message, *options, cwd=self.root)
         self.active[active.trial.number] = active
         print(f"{active.name}: queued {' '.join(options[1::2])}", flush=True)
 
     def ask(self) -> None:
         trial = self.study.ask(self.space.distributions)
         name = trial_name(self.study.study_name, trial.number)
-        trial.set_user_attr("experiment", name)
+        active = Active(trial, self.trial_id(trial.number), name, dict(trial.params))
+        self.active[trial.number] = active  # beating from now on
+        self.beat()
         trial.set_user_attr("queue", self.owner)
-        self.queue(Active(trial, name, dict(trial.params)))
+        trial.set_user_attr("experiment", active.name)
+        self.queue(active)
 
     def resume(self) -> None:
         """Trials left RUNNING by an earlier run: told, waited for, or queued again (see the module's docstring)."""
         from optuna.trial import Trial, TrialState
 
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not any(t.user_attrs.get("queue", self.owner) == self.owner for t in running):
+        self.fail_stale()
+        running = [t for t in self.trials(TrialState.RUNNING) if self.mine(t)]
+        for frozen in self.trials(TrialState.RUNNING):
+            if not self.mine(frozen):
+                owner = frozen.user_attrs.get("queue", "another machine")
+                print(f"{trial_name(self.study.study_name, frozen.number)}: queued by {owner}, left to it", flush=True)
+        if not running:
             return
-        states = queue_states(dvc("queue", "status").stdout)
-        shown = show_experiments(self.study.study_name)
         for frozen in running:
             name = frozen.user_attrs.get("experiment") or trial_name(self.study.study_name, frozen.number)
-            if frozen.user_attrs.get("queue", self.owner) != self.owner:
-                print(f"{name}: queued by {frozen.user_attrs['queue']}, left to it", flush=True)
-                continue
-            active = Active(Trial(self.study, frozen._trial_id), name, dict(frozen.params))
-            active.reported = len(frozen.intermediate_values)
-            if name not in states and name not in shown:
+            trial_id = self.trial_id(frozen.number)
+            self.active[frozen.number] = Active(Trial(self.study, trial_id), trial_id, name, dict(frozen.params))
+            self.active[frozen.number].reported = len(frozen.intermediate_values)
+        self.beat()
+        states, shown = self.queue_states(), self.shown()
+        for number, active in list(self.active.items()):
+            if active.name not in states and active.name not in shown:
+                del self.active[number]
                 self.queue(active)  # DVC never got it: the same params again
-                states[name] = "Queued"
+                states[active.name] = "Queued"
             else:
-                self.active[frozen.number] = active
-                print(f"{name}: resumed ({states.get(name, 'done').lower()} in DVC)", flush=True)
+                print(f"{active.name}: resumed ({states.get(active.name, 'done').lower()} in DVC)", flush=True)
         self.settle(states)
 
     def settle(self, states: dict[str, str]) -> None:
@@ -454,116 +235,154 @@ class Tuner:
         from optuna.trial import TrialState
 
         done = {n: a for n, a in self.active.items() if states.get(a.name) not in ("Queued", "Running")}
-        shown = show_experiments(self.study.study_name) if done else {}
+        shown = self.shown() if done else {}
+        model = self.space.model
         for number, active in done.items():
-            experiment = shown.get(active.name)
-            accuracy = experiment.accuracy("val", self.space.model) if experiment else None
-            if experiment and experiment.state == "success" and accuracy is not None:
-                self.study.tell(number, accuracy)
-                print(f"{active.name}: validation accuracy {accuracy:.4f}", flush=True)
-            elif active.trial.user_attrs.get("pruned"):
+            if number not in self.active:
+                continue  # failed while DVC was read
+            run = shown.get(active.name)
+            accuracy = run.accuracy("val", model) if run and run.state == "success" else None
+            if active.trial.user_attrs.get("pruned"):
                 self.study.tell(number, state=TrialState.PRUNED)
                 print(f"{active.name}: pruned after {active.reported} epochs", flush=True)
+            elif accuracy is not None:
+                test = run.accuracy("test", model)
+                if test is not None:  # kept for the summary on every machine; never used to choose
+                    active.trial.set_user_attr("test_accuracy", test)
+                self.study.tell(number, accuracy)
+                print(f"{active.name}: validation accuracy {accuracy:.4f}", flush=True)
             else:
                 self.study.tell(number, state=TrialState.FAIL)
                 print(f"{active.name}: failed: see `dvc queue logs {active.name}`", flush=True)
             del self.active[number]
 
-    def watch(self, root: Path) -> None:
-        """Report each running trial's new epochs to the pruner; stop those it prunes (`dvc queue kill`)."""
+    def watch(self) -> None:
+        """Report each running trial's new epochs to the pruner, stop those it prunes (`dvc queue kill`), and
+        kill and fail those that showed no progress (no new epoch, no new line in their log) for the stall
+        timeout."""
+        tasks = queue.tasks(self.root)
+        now = time.monotonic()
+        section = train_section(self.space.model)
+        for active in list(self.active.values()):
+            task = tasks.get(active.name)
+            if task and section in task.started and not active.trial.user_attrs.get("pruned"):
+                self.report(active, task.root_dir / "models" / self.space.model / HISTORY)
+            seen = (active.reported, queue.log_size(task) if task else -1, task.pid if task else None)
+            if seen != active.progress:
+                active.progress, active.progress_at = seen, now
+            elif now - active.progress_at > self.stall_timeout_s:
+                process = "its process alive" if task and queue.alive(task.pid) else "no live process"
+                said = queue.kill_and_remove(active.name, cwd=self.root)
+                stalled = f"no progress for {self.stall_timeout_s:.0f} s ({process})"
+                print(f"{active.name}: {stalled}: killed and removed ({said})", flush=True)
+                self.fail(active.name, f"stalled for {self.stall_timeout_s:.0f} s")
+
+    def report(self, active: Active, history: Path) -> None:
         if self.space.pruning is None:
             return
-        histories = running_histories(root, self.space.model)
-        for active in self.active.values():
-            if active.name not in histories or active.trial.user_attrs.get("pruned"):
-                continue
-            accuracies = epoch_accuracies(histories[active.name])
-            for epoch in range(active.reported, len(accuracies)):
-                active.trial.report(accuracies[epoch], step=epoch + 1)
-            active.reported = max(active.reported, len(accuracies))
-            if accuracies and active.trial.should_prune():
-                active.trial.set_user_attr("pruned", True)
-                dvc("queue", "kill", active.name, check=False)
-                print(f"{active.name}: pruning after {active.reported} epochs: {accuracies[-1]:.4f}", flush=True)
+        accuracies = epoch_accuracies(history)
+        for epoch in range(active.reported, len(accuracies)):
+            active.trial.report(accuracies[epoch], step=epoch + 1)
+        active.reported = max(active.reported, len(accuracies))
+        if accuracies and active.trial.should_prune():
+            active.trial.set_user_attr("pruned", True)
+            queue.dvc("queue", "kill", active.name, check=False, cwd=self.root)
+            print(f"{active.name}: pruning after {active.reported} epochs: {accuracies[-1]:.4f}", flush=True)
 
-    def run(self, trials: int, root: Path) -> None:
+    def asked(self) -> int:
+        """Trials finished or running anywhere: what counts against ``--trials`` before asking for another."""
+        from optuna.trial import TrialState
+
+        return len(self.finished()) + len(self.trials(TrialState.RUNNING))
+
+    def run(self, trials: int) -> None:
+        heartbeat = Heartbeat(self) if self.shared else None
         self.resume()
         queued = True  # workers may be gone (a reboot): start them once, then whenever a trial is queued
         seen: tuple | None = None  # the queue's files when `dvc queue status` was last asked
         asked = time.monotonic()
-        while len(self.finished()) < trials:
-            while len(self.active) < self.jobs and len(self.finished()) + len(self.active) < trials:
+        while len(self.finished()) < trials or self.active:
+            while len(self.active) < self.jobs and self.asked() < trials:
                 self.ask()
                 queued = True
             if queued:
-                start_workers(self.jobs)
+                queue.start_workers(self.jobs, self.root)
                 queued, seen = False, None
             time.sleep(POLL_S)
-            self.watch(root)
-            fingerprint = queue_fingerprint(root)  # before asking: a change during the call is seen next time
-            if fingerprint != seen or time.monotonic() - asked > STATUS_EVERY_S:
-                self.settle(queue_states(dvc("queue", "status").stdout))
+            self.fail_stale()
+            self.watch()
+            fingerprint = queue.queue_fingerprint(self.root)  # before asking: a change during the call is seen next
+            if self.active and (fingerprint != seen or time.monotonic() - asked > STATUS_EVERY_S):
+                self.settle(self.queue_states())
                 seen, asked = fingerprint, time.monotonic()
+        if heartbeat:
+            heartbeat.stop()
 
 
-def open_study(name: str, storage: Path, space: Space) -> Any:
-    """The study in its journal file, created or continued; the sampler seeded past the trials it has."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+def study_runs(study: Any, model: str) -> list[Run]:
+    """The study's trials as runs (its own record, the same on every machine): the value is the validation
+    accuracy; the test accuracy kept when it was told."""
+    from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage.parent.mkdir(parents=True, exist_ok=True)
-    pruner = (
-        optuna.pruners.MedianPruner(
-            n_startup_trials=space.pruning.startup_trials, n_warmup_steps=space.pruning.warmup_epochs
-        )
-        if space.pruning
-        else optuna.pruners.NopPruner()
-    )
-    study = optuna.create_study(
-        study_name=name,
-        storage=JournalStorage(JournalFileBackend(str(storage))),
-        direction="maximize",
-        pruner=pruner,
-        load_if_exists=True,
-    )
-    # a restarted sampler with the same seed would propose the first trials' params again
-    study.sampler = optuna.samplers.TPESampler(seed=space.seed + len(study.trials))
-    return study
+    states = {TrialState.COMPLETE: "success", TrialState.FAIL: "failed", TrialState.RUNNING: "running"}
+    runs = []
+    for trial in study.get_trials(deepcopy=False):
+        metrics = {f"val_acc.{model}": trial.value} if trial.value is not None else {}
+        if "test_accuracy" in trial.user_attrs:
+            metrics[f"test_acc.{model}"] = trial.user_attrs["test_accuracy"]
+        name = trial.user_attrs.get("experiment") or trial_name(study.study_name, trial.number)
+        state = states.get(trial.state, "failed")
+        runs.append(Run(name, "", state, dict(trial.params), metrics, study=study.study_name, trial=trial.number))
+    return runs
 
 
-def summary(study: Any, model: str, searched: Sequence[str], planned_epochs: Mapping[int, int]) -> str:
-    """The study's outcome: counts, what pruning saved, the best experiment on validation and how to use it."""
+def summary(study: Any, model: str, searched: Sequence[str], planned_epochs: dict[int, int]) -> str:
+    """The study's outcome: counts, what pruning saved, the best trial on validation and how to use it."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    counts = {
-        state: sum(t.state == state for t in trials)
-        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    }
+    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
     lines = [
         f"study {study.study_name}: {len(trials)} trials, {counts[TrialState.COMPLETE]} complete, "
         f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
+        + (f", {counts[TrialState.RUNNING]} running" if counts[TrialState.RUNNING] else "")
     ]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     if pruned:
         trained = sum(len(t.intermediate_values) for t in pruned)
         planned = sum(planned_epochs[t.number] for t in pruned)
         lines.append(f"pruning: {len(pruned)} trials stopped after {trained} of their {planned} epochs")
-    best = best_experiment(show_experiments(study.study_name), model)
+    best = best_on_validation(study_runs(study, model), model)
     if best is None:
         lines.append("no trial has finished with a validation accuracy: see `dvc queue logs <name>`")
         return "\n".join(lines)
-    changed = " ".join(f"{key}={best.params.get(key)}" for key in searched)
+    test = best.accuracy("test", model)
+    queued_by = next(t for t in trials if t.number == best.trial).user_attrs.get("queue", "this machine")
     lines += [
         f"best trial (validation accuracy): {best.name}",
-        f"  validation accuracy {best.accuracy('val', model):.4f}, test accuracy {best.accuracy('test', model):.4f}",
-        f"  {changed}",
+        f"  validation accuracy {best.accuracy('val', model):.4f}, "
+        + (f"test accuracy {test:.4f}" if test is not None else "test accuracy not recorded"),
+        f"  {' '.join(f'{key}={best.params.get(key)}' for key in searched)}",
+        f"  run by {queued_by}",
         f"  dvc exp apply {best.name}   # the workspace becomes it",
         f"  dvc exp branch {best.name} {best.name}-best   # or a branch of it",
     ]
     return "\n".join(lines)
+
+
+def push(study: Any, owner: str, remote: str, root: Path) -> str:
+    """`dvc exp push REMOTE` of this machine's finished trials that DVC has (git refs to the git remote, their
+    outputs to the DVC remote): what was pushed, in one line."""
+    from optuna.trial import TrialState
+
+    ours = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("queue") == owner
+    ]
+    names = [t.user_attrs["experiment"] for t in ours if "experiment" in t.user_attrs]
+    if not names:
+        return f"push: no complete trial of this machine to push to {remote}"
+    queue.dvc("exp", "push", remote, *names, cwd=root)
+    return f"push: {len(names)} experiments to {remote} (dvc exp push {remote}): {', '.join(names)}"
 
 
 def main(argv: Sequence[str]) -> None:
@@ -575,20 +394,44 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="DVC queue workers: experiments run at once")
     parser.add_argument("--space", type=Path, default=SPACE_FILE, help="the search space (default tune.yaml)")
     parser.add_argument("--study", help="the study's name and its experiments' prefix (default tune-<model>)")
-    parser.add_argument("--storage", type=Path, help="the journal file (default experiments/studies/<study>.journal)")
+    parser.add_argument(
+        "--storage",
+        help="a journal file (default experiments/studies/<study>.journal), or a database URL shared by several "
+        "machines: postgresql+psycopg://user@host/db",
+    )
+    parser.add_argument("--push", metavar="GIT_REMOTE", help="at the end, dvc exp push this machine's trials there")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=900.0,
+        help="seconds without a new epoch or log line before a trial is killed and failed (default 900)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=120.0,
+        help="a database study: seconds without a heartbeat before another machine's trial is failed (default 120)",
+    )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.jobs < 1:
         raise PipelineError(f"--trials {args.trials} --jobs {args.jobs}: both must be at least 1")
+    if args.grace_period <= HEARTBEAT_S or args.stall_timeout <= POLL_S:
+        raise PipelineError(
+            f"--grace-period {args.grace_period:g} must exceed the heartbeat ({HEARTBEAT_S:g} s), "
+            f"--stall-timeout {args.stall_timeout:g} the poll ({POLL_S:g} s)"
+        )
     name = args.study or f"tune-{args.model}"
     if not NAME.fullmatch(name):
         raise PipelineError(f"--study {name!r}: letters, digits, '.', '_' and '-' only (it names experiments)")
     space = load_space(args.space, args.model)
     base = parse_section(train_params(args.model), read_params(), train_section(args.model))
-    study = open_study(name, args.storage or STUDIES / f"{name}.journal", space)
-    epochs_key = f"{train_section(args.model)}.epochs"
-    tuner = Tuner(study, space, args.jobs)
+    storage_spec = args.storage or str(STUDIES / f"{name}.journal")
+    storage = open_storage(storage_spec, args.grace_period)
+    root = Path.cwd()
+    study = open_study(name, storage, space, owner_of(root), is_url(storage_spec))
+    tuner = Tuner(study, storage, space, args.jobs, root, args.stall_timeout)
     try:
-        tuner.run(args.trials, Path.cwd())
+        tuner.run(args.trials)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: {len(tuner.finished())} of {args.trials} trials finished; those queued go on in DVC's "
@@ -596,8 +439,11 @@ def main(argv: Sequence[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(130)
+    epochs_key = f"{train_section(args.model)}.epochs"
     planned = {t.number: int(t.params.get(epochs_key, base.epochs)) for t in study.get_trials(deepcopy=False)}
     print(summary(study, args.model, list(space.distributions), planned))
+    if args.push:
+        print(push(study, owner_of(root), args.push, root))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """What a person reads after a sweep: DVC's grid syntax, the terminal views at 120 columns, the
-experiments' curves overlaid by `dvc plots diff`, and `make report`'s page (issue 16).
+experiments' curves overlaid by `dvc plots diff`, and `make report`'s page.
 
-One project serves every test here: a copy of the session's tiny trained project (the baseline
+One project serves every test here: a copy of the test session's tiny trained project (the baseline
 committed, then shared through a git origin and a DVC folder remote, as a team's machine A), then the
 README's 2x2 grid of the MLR queued and run by two workers, as a user would. That grid is also machine
 A's share of a sweep split over two machines (docs/scaling.md), which come together in a third.
@@ -22,11 +22,12 @@ import pytest
 import yaml
 from torchvision.io import read_image
 
-from mnistlab.tune import start_workers
+from mnistlab.dvc_queue import start_workers
+from mnistlab.experiments import Run, flatten
 from mnistlab.workspace import venv_env
 from tests.conftest import TrainedProject, clone, copy_built, dvc, git, share
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
-from tests.test_experiments import accuracy, experiments, ran, wait_for_queue
+from tests.test_experiments import accuracy, experiments, ran, section, wait_for_queue
 
 pytestmark = pytest.mark.slow
 RATES, BATCHES = (0.001, 0.003), (128, 256)
@@ -54,34 +55,31 @@ def swept(tmp_path_factory: pytest.TempPathFactory, trained_project: TrainedProj
 
 
 @pytest.fixture(scope="module")
-def swept_shown(swept: Path) -> dict[str, dict]:
+def swept_shown(swept: Path) -> dict[str, Run]:
     """The sweep's `dvc exp show --json`, read once (each read is seconds of CPU): no test before the report's
     renames changes what it shows (the apply test works in a copy)."""
     return experiments(swept)
 
 
-def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(swept_shown: dict[str, dict]) -> None:
+def test_a_grid_sweep_gives_four_experiments_with_their_own_params_and_results(swept_shown: dict[str, Run]) -> None:
     shown = dict(swept_shown)
     baseline = shown.pop("main")
-    swept_params = {
-        (e["params"]["train_mlr"]["learning_rate"], e["params"]["train_mlr"]["batch_size"]) for e in shown.values()
-    }
+    swept_params = {(e.params["train_mlr.learning_rate"], e.params["train_mlr.batch_size"]) for e in shown.values()}
     assert len(shown) == 4 and swept_params == set(product(RATES, BATCHES)), shown.keys()
     for experiment in shown.values():  # only the MLR changed: its own result; the MLP's reused
         assert accuracy(experiment, "mlp") == accuracy(baseline, "mlp")
-        assert experiment["params"]["train_mlp"] == baseline["params"]["train_mlp"]
+        assert section(experiment, "train_mlp") == section(baseline, "train_mlp")
     mlr = [accuracy(experiment, "mlr") for experiment in shown.values()]
     assert len(set(mlr)) == 4 and all(0 < value <= 1 for value in mlr), mlr
 
 
 def test_a_sweep_split_over_two_machines_comes_together_in_a_third(
-    swept: Path, swept_shown: dict[str, dict], tmp_path: Path
+    swept: Path, swept_shown: dict[str, Run], tmp_path: Path
 ) -> None:
     """docs/scaling.md: machine A's share is the grid above, machine B's one more learning rate; each pushes
-    its experiments (git refs to the origin, outputs to the DVC remote), and a third clone pulls them all.
-    (This test, in tests/test_scale_out.py, used to give each machine a copy and an experiment of its own.)"""
+    its experiments (git refs to the origin, outputs to the DVC remote), and a third clone pulls them all."""
     origin = Path(git(swept, "remote", "get-url", "origin").strip())  # the fixture shared it
-    grid = {name: e["params"]["train_mlr"] for name, e in swept_shown.items() if name != "main"}
+    grid = {name: section(e, "train_mlr") for name, e in swept_shown.items() if name != "main"}
     machine_b = clone(origin, tmp_path / "b")
     dvc(machine_b, "pull")  # the baseline's outputs: the MLP is reused, not retrained
     dvc(machine_b, "exp", "run", "--queue", "-n", "lr0002", "-S", "train_mlr.learning_rate=0.002")
@@ -95,9 +93,9 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(
     dvc(third, "exp", "pull", "origin")
     shown = experiments(third)
     assert set(shown) == {"main", "lr0002", *grid}, shown.keys()
-    assert shown["lr0002"]["params"]["train_mlr"]["learning_rate"] == 0.002
+    assert shown["lr0002"].params["train_mlr.learning_rate"] == 0.002
     for name, params in grid.items():
-        assert shown[name]["params"]["train_mlr"] == params
+        assert section(shown[name], "train_mlr") == params
     swept_runs = [name for name in shown if name != "main"]
     assert all(0 < accuracy(shown[name], "mlr") <= 1 for name in swept_runs)
     assert len({accuracy(shown[name], "mlr") for name in swept_runs}) == 5  # each run its own result
@@ -109,29 +107,27 @@ def test_a_sweep_split_over_two_machines_comes_together_in_a_third(
 
 
 def test_apply_and_branch_bring_back_the_experiment_shown(
-    swept: Path, swept_shown: dict[str, dict], tmp_path: Path
+    swept: Path, swept_shown: dict[str, Run], tmp_path: Path
 ) -> None:
     """`dvc exp apply` puts an experiment's params and results in the workspace, nothing left to run;
-    `dvc exp branch` makes a branch of another (from test_experiments, which used to queue its own sweep)."""
+    `dvc exp branch` makes a branch of another."""
     project = copy_built(swept, tmp_path / "project")  # the other tests here read the sweep's workspace
     shown = swept_shown
-    named = {
-        (e["params"]["train_mlr"]["learning_rate"], e["params"]["train_mlr"]["batch_size"]): n for n, e in shown.items()
-    }
+    named = {(e.params["train_mlr.learning_rate"], e.params["train_mlr.batch_size"]): n for n, e in shown.items()}
     applied, branched = named[(0.003, 128)], named[(0.001, 256)]
 
     dvc(project, "exp", "apply", applied)
     params = yaml.safe_load((project / "params.yaml").read_text())["train_mlr"]
     assert (params["learning_rate"], params["batch_size"]) == (0.003, 128)
     metrics = json.loads((project / "metrics/metrics.json").read_text())
-    assert metrics == shown[applied]["metrics"]["metrics/metrics.json"]
+    assert flatten(metrics) == shown[applied].metrics
     assert ran(dvc(project, "repro").stdout) == []  # the workspace now is that experiment, outputs included
 
     dvc(project, "exp", "branch", branched, "lr001")
     branch_params = yaml.safe_load(git(project, "show", "lr001:params.yaml"))["train_mlr"]
     assert (branch_params["learning_rate"], branch_params["batch_size"]) == (0.001, 256)
     branch_metrics = json.loads(git(project, "show", "lr001:metrics/metrics.json"))
-    assert branch_metrics == shown[branched]["metrics"]["metrics/metrics.json"]
+    assert flatten(branch_metrics) == shown[branched].metrics
 
 
 def terminal(project: Path, command: str) -> list[str]:
@@ -176,7 +172,7 @@ def table_rows(screen: list[str]) -> dict[str, list[str]]:
     return rows
 
 
-def validation(experiment: dict, model: str) -> float:
+def validation(experiment: Run, model: str) -> float:
     return accuracy(experiment, model, "val_acc")
 
 
@@ -185,7 +181,7 @@ def displayed(value: float) -> float:
     return float(f"{value:.5g}")
 
 
-def accuracies(experiment: dict) -> list[float]:
+def accuracies(experiment: Run) -> list[float]:
     """val_acc.mlp, val_acc.mlr, test_acc.mlp, test_acc.mlr as the tables print them."""
     values = [validation(experiment, model) for model in MODELS] + [accuracy(experiment, model) for model in MODELS]
     return [displayed(value) for value in values]
@@ -199,7 +195,7 @@ def test_dvc_metrics_show_prints_one_row_of_every_model_s_metrics(swept: Path) -
     assert len(metrics) == 2 and "-" not in metrics[1].split(), metrics
 
 
-def test_the_views_a_person_reads_first_fit_120_columns(swept: Path, swept_shown: dict[str, dict]) -> None:
+def test_the_views_a_person_reads_first_fit_120_columns(swept: Path, swept_shown: dict[str, Run]) -> None:
     shown = swept_shown
     names = [name for name in shown if name != "main"]
 
@@ -240,8 +236,8 @@ def test_the_views_a_person_reads_first_fit_120_columns(swept: Path, swept_shown
         val_acc, test_acc, rate, batch = rows[name][2:6]
         assert float(val_acc) == displayed(validation(shown[name], "mlr")), (name, rows[name])
         assert float(test_acc) == displayed(accuracy(shown[name], "mlr")), (name, rows[name])
-        assert float(rate) == shown[name]["params"]["train_mlr"]["learning_rate"]
-        assert int(batch) == shown[name]["params"]["train_mlr"]["batch_size"]
+        assert float(rate) == shown[name].params["train_mlr.learning_rate"]
+        assert int(batch) == shown[name].params["train_mlr.batch_size"]
 
 
 class ChartState(HTMLParser):
@@ -275,7 +271,7 @@ def drawn(chromium: str, page: Path, profile: Path) -> ChartState:  # noqa: F811
 
 def test_plots_diff_overlays_two_experiments_curves(
     swept: Path,
-    swept_shown: dict[str, dict],
+    swept_shown: dict[str, Run],
     chromium: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -296,7 +292,7 @@ def test_plots_diff_overlays_two_experiments_curves(
 
 def test_make_report_draws_every_chart_offline(
     swept: Path,
-    swept_shown: dict[str, dict],
+    swept_shown: dict[str, Run],
     chromium: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:

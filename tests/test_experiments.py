@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnistlab.dvc_queue import EXPS_DIR, ended_statuses, executor_records
+from mnistlab.experiments import Run, read_runs
 from mnistlab.params import validate_all
-from mnistlab.tune import ENDED, EXPS_DIR, executor_records
 from tests.conftest import ROOT, clone, dvc, git
 
 STAGES = ["download", "split", "train_mlp", "train_mlr", "evaluate", "plot"]
@@ -23,31 +24,19 @@ def ran(output: str) -> list[str]:
     return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
 
 
-def experiments(project: Path) -> dict[str, dict]:
-    """`dvc exp show --json` as name -> {"params": params.yaml, "metrics": file -> values}."""
-    found = {}
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            data = node.get("data")
-            if node.get("name") and isinstance(data, dict) and "params" in data:
-                found[node["name"]] = {
-                    "params": data["params"]["params.yaml"]["data"],
-                    "metrics": {path: entry["data"] for path, entry in (data.get("metrics") or {}).items()},
-                }
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads(dvc(project, "exp", "show", "--json").stdout))
-    return found
+def experiments(project: Path) -> dict[str, Run]:
+    """`dvc exp show --json`, read by the project's one reader, as name -> run (params and metrics flattened)."""
+    return {run.name: run for run in read_runs(json.loads(dvc(project, "exp", "show", "--json").stdout))}
 
 
-def accuracy(experiment: dict, model: str, metric: str = "test_acc") -> float:
-    """A model's test accuracy (or ``metric``: ``val_acc``) in one experiment of ``experiments()``."""
-    return experiment["metrics"]["metrics/metrics.json"][metric][model]
+def section(run: Run, name: str) -> dict:
+    """One section of params.yaml as a run had it: ``train_mlr`` -> {"learning_rate": ..., ...}."""
+    return {key.split(".", 1)[1]: value for key, value in run.params.items() if key.startswith(f"{name}.")}
+
+
+def accuracy(run: Run, model: str, metric: str = "test_acc") -> float:
+    """A model's test accuracy (or ``metric``: ``val_acc``) in one run of ``experiments()``."""
+    return run.metrics[f"{metric}.{model}"]
 
 
 def queue_workers_running(project: Path) -> bool:
@@ -70,7 +59,9 @@ def queue_tasks_ended(project: Path) -> bool:
     stops: this does not wait for that."""
     if any((project / EXPS_DIR / "celery" / "broker" / "in").glob("*.celery.msg")):
         return False
-    return all(info is not None and info.get("status") in ENDED for info in executor_records(project).values())
+    return all(
+        info is not None and info.get("status") in ended_statuses() for info in executor_records(project).values()
+    )
 
 
 def wait_for_queue(project: Path, timeout_s: float = 900) -> str:
@@ -179,7 +170,7 @@ def test_an_experiment_becomes_a_branch_that_diffs_against_main_and_travels_thro
     shown = experiments(project)
     assert {"main", "mlr-lr001"} <= set(shown), shown.keys()
     for name, rate in [("main", 0.01), ("mlr-lr001", 0.001)]:
-        assert shown[name]["params"]["train_mlr"]["learning_rate"] == rate
+        assert shown[name].params["train_mlr.learning_rate"] == rate
         assert 0 < accuracy(shown[name], "mlr") <= 1
     assert len({accuracy(shown[name], "mlp") for name in shown}) == 1  # the MLP's result reused, not retrained
     assert accuracy(shown["main"], "mlr") != accuracy(shown["mlr-lr001"], "mlr")  # the learning rate's own result

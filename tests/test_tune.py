@@ -11,22 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistlab.tune import (
-    RUNNING,
-    SPACE_FILE,
-    Experiment,
-    SpaceError,
-    best_experiment,
-    epoch_accuracies,
-    executor_records,
-    parse_space,
-    queue_fingerprint,
-    queue_states,
-    set_option,
-    study_experiments,
-    trial_name,
-    worker_threads,
-)
+from mnistlab.dvc_queue import executor_records, queue_fingerprint, queue_states, running_status, worker_threads
+from mnistlab.experiments import Run, best_on_validation, read_runs
+from mnistlab.space import SPACE_FILE, SpaceError, parse_space
+from mnistlab.tune import epoch_accuracies, set_option, trial_name
 from tests.conftest import ROOT, ctrl_c_reaches_it, dvc, git, venv_env
 
 # --- the search space -------------------------------------------------------------------------
@@ -126,39 +114,43 @@ def scores(val: float, test: float) -> dict:
     return {"val_acc": {"mlp": 0.9, "mlr": val}, "test_acc": {"mlp": 0.9, "mlr": test}}
 
 
-def test_the_objective_is_read_from_exp_show_for_the_study_s_experiments_only() -> None:
-    shown = exp_show(
-        [
-            ("tune-mlr-000", "success", scores(0.91, 0.90)),
-            ("tune-mlr-001", "failed", None),
-            ("tune-mlr-002", "running", None),
-            ("tune-mlr-x", "success", scores(0.99, 0.99)),  # not a trial's name
-            ("other-mlr-003", "success", scores(0.99, 0.99)),  # another study's
-            ("sonic-yell", "success", scores(0.99, 0.99)),  # DVC's own name
-        ]
-    )
-    found = study_experiments(shown, "tune-mlr")
-    assert sorted(found) == ["tune-mlr-000", "tune-mlr-001", "tune-mlr-002"]
-    assert found["tune-mlr-000"].state == "success"
-    assert found["tune-mlr-000"].accuracy("val", "mlr") == 0.91
-    assert found["tune-mlr-000"].params["train_mlr.learning_rate"] == 0.001
-    assert [found[name].state for name in ("tune-mlr-001", "tune-mlr-002")] == ["failed", "running"]
-    assert found["tune-mlr-001"].accuracy("val", "mlr") is None
+def test_the_objective_is_read_from_exp_show_with_dvc_s_state_of_each_run() -> None:
+    shown = {
+        run.name: run
+        for run in read_runs(
+            exp_show(
+                [
+                    ("tune-mlr-000", "success", scores(0.91, 0.90)),
+                    ("tune-mlr-001", "failed", None),
+                    ("tune-mlr-002", "running", None),
+                ]
+            )
+        )
+    }
+    assert sorted(shown) == ["main", "tune-mlr-000", "tune-mlr-001", "tune-mlr-002"]
+    assert shown["tune-mlr-000"].state == "success"
+    assert shown["tune-mlr-000"].accuracy("val", "mlr") == 0.91
+    assert shown["tune-mlr-000"].params["train_mlr.learning_rate"] == 0.001
+    assert [shown[name].state for name in ("tune-mlr-001", "tune-mlr-002")] == ["failed", "running"]
+    assert shown["tune-mlr-001"].accuracy("val", "mlr") is None
 
 
 def test_the_best_trial_is_chosen_on_validation_where_test_disagrees() -> None:
-    shown = exp_show(
-        [
-            ("tune-mlr-000", "success", scores(0.920, 0.930)),  # best on test
-            ("tune-mlr-001", "success", scores(0.925, 0.910)),  # best on validation
-            ("tune-mlr-002", "failed", None),
-            ("tune-mlr-003", "success", scores(0.925, 0.900)),  # a tie on validation: the earlier trial wins
-        ]
+    runs = read_runs(
+        exp_show(
+            [
+                ("tune-mlr-000", "success", scores(0.920, 0.930)),  # best on test
+                ("tune-mlr-001", "success", scores(0.925, 0.910)),  # best on validation
+                ("tune-mlr-002", "failed", None),
+                ("tune-mlr-003", "success", scores(0.925, 0.900)),  # a tie on validation: the earlier trial wins
+            ]
+        )
     )
-    best = best_experiment(study_experiments(shown, "tune-mlr"), "mlr")
+    trials = [run for run in runs if not run.baseline]
+    best = best_on_validation(trials, "mlr")
     assert best is not None and best.name == "tune-mlr-001"
-    assert best_experiment({}, "mlr") is None
-    assert best_experiment({"t-000": Experiment("t-000", "failed")}, "mlr") is None
+    assert best_on_validation([], "mlr") is None
+    assert best_on_validation([Run("t-000", "", "failed")], "mlr") is None
 
 
 def test_queue_states_from_dvc_queue_status() -> None:
@@ -249,15 +241,15 @@ def journal_trials(project: Path, study: str) -> list:
     return optuna.load_study(study_name=study, storage=storage).get_trials()
 
 
-def shown_experiments(project: Path, study: str) -> dict[str, Experiment]:
-    return study_experiments(json.loads(dvc(project, "exp", "show", "--json").stdout), study)
+def shown_experiments(project: Path) -> dict[str, Run]:
+    return {run.name: run for run in read_runs(json.loads(dvc(project, "exp", "show", "--json").stdout))}
 
 
 def executor_running(project: Path, name: str) -> bool:
     """Whether DVC's executor record of the queued experiment ``name`` says it is running (its stages are
     being reproduced)."""
     return any(
-        info and info.get("name") == name and info.get("status") == RUNNING
+        info and info.get("name") == name and info.get("status") == running_status()
         for info in executor_records(project).values()
     )
 
@@ -302,7 +294,7 @@ def test_a_study_is_dvc_experiments_resumes_to_exactly_n_trials_and_goes_on_past
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from mnistlab.tune import load_space
+    from mnistlab.space import load_space
 
     storage = JournalStorage(JournalFileBackend(str(project / "experiments/studies/tune-mlr.journal")))
     study = optuna.load_study(study_name="tune-mlr", storage=storage)
@@ -321,7 +313,7 @@ def test_a_study_is_dvc_experiments_resumes_to_exactly_n_trials_and_goes_on_past
     assert "tune-mlr-001: failed: see `dvc queue logs tune-mlr-001`" in output
     assert trials[2].datetime_complete > trials[1].datetime_complete  # the search went on past the failure
     assert "study tune-mlr: 3 trials, 2 complete, 0 pruned, 1 failed" in output
-    shown = shown_experiments(project, "tune-mlr")
+    shown = shown_experiments(project)
     for trial in (t for t in trials if t.state == complete):
         experiment = shown[trial_name("tune-mlr", trial.number)]
         assert experiment.state == "success"

@@ -1,0 +1,239 @@
+"""The adapter to DVC's experiment queue: the only module of the project that knows DVC's internal files.
+
+`make tune` runs each trial with DVC's own commands (``dvc exp run --queue``, ``dvc queue start``,
+``dvc queue status``, ``dvc queue kill``, ``dvc queue remove``). To watch its trials without a DVC
+process every few seconds (each costs about 2 s of CPU, taken from the trials), it also reads the
+files DVC's queue keeps under ``.dvc/tmp/exps/``. Their layouts are not a DVC API; each was read from
+DVC's code at version ``READ_FROM``, and :func:`check_layout` says, naming the file, when an upgrade
+of DVC no longer writes what is read here (a test runs it on a real queued experiment):
+
+======================================  ==============================================================
+``run/<task>/<task>.run``               the executor's record, JSON: ``name``, ``root_dir`` (the task's
+                                        temporary copy), ``status`` (a ``TaskStatus``);
+                                        ``dvc/repo/experiments/executor/base.py``, ``ExecutorInfo``
+``run/<task>/<task>.out``               the task's log, the output of ``dvc exp exec-run``: lines
+                                        ``Running stage '<stage>':``; ``dvc_task/proc/process.py``
+``run/<task>/<task>.json``              the task's process, JSON: ``pid``, ``returncode`` (None while
+                                        it runs); ``dvc_task/proc/process.py``, ``ProcessInfo``
+``celery/broker/in/*.celery.msg``       a queued task's message; ``kombu/transport/filesystem.py``
+``celery/result/*``                     a task's result; ``celery/backends/filesystem.py``
+``celery/dvc-exp-worker-<n>.json``      a queue worker's process, as ``<task>.json``
+======================================  ==============================================================
+
+``<task>`` is DVC's task id: the 40 hex digits of the experiment's stash entry, whose first 7 are
+the ``Task`` column of ``dvc queue status``.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnistlab.errors import PipelineError
+from mnistlab.workspace import venv_env
+
+READ_FROM = "3.67.1"  # the DVC version whose code the layouts above were read from
+EXPS_DIR = Path(".dvc/tmp/exps")
+RUN_DIR = EXPS_DIR / "run"
+# ``TaskStatus`` (dvc/repo/experiments/executor/base.py) by name, so that a renumbering fails check_layout
+STATUS_NAMES = ("PENDING", "PREPARING", "RUNNING", "SUCCESS", "FAILED", "CANCELED", "FINISHED")
+ENDED_NAMES = ("FAILED", "CANCELED", "FINISHED")  # FINISHED: the experiment collected and its copy cleaned up
+RECORD_KEYS = ("name", "root_dir", "status")  # of <task>.run
+PROCESS_KEYS = ("pid", "returncode")  # of <task>.json
+MISSING_RECORD = re.compile(r"exps/run/(?P<task>[0-9a-f]{40})/(?P=task)\.run")
+
+
+class LayoutError(PipelineError):
+    """One of DVC's queue files is not as ``READ_FROM`` wrote it."""
+
+
+def task_status() -> dict[str, int]:
+    """DVC's ``TaskStatus``, name -> value, from the installed DVC."""
+    from dvc.repo.experiments.executor.base import TaskStatus
+
+    return {status.name: int(status) for status in TaskStatus}
+
+
+def running_status() -> int:
+    return task_status()["RUNNING"]
+
+
+def ended_statuses() -> tuple[int, ...]:
+    statuses = task_status()
+    return tuple(statuses[name] for name in ENDED_NAMES)
+
+
+def executor_records(root: Path) -> dict[Path, dict | None]:
+    """Each task's executor record (``run/<task>/<task>.run``) by file, in name order; None for one being written."""
+    records: dict[Path, dict | None] = {}
+    for info_file in sorted((root / RUN_DIR).glob("*/*.run")):
+        try:
+            records[info_file] = json.loads(info_file.read_text())
+        except (OSError, ValueError):
+            records[info_file] = None
+    return records
+
+
+@dataclass(frozen=True)
+class Task:
+    """What DVC's files say of one queued or running experiment."""
+
+    task: str  # DVC's task id
+    name: str  # the experiment's name
+    root_dir: Path  # its temporary copy of the repository
+    log: Path  # its task log (<task>.out)
+    started: list[str]  # the stages its log says were started, in order
+    pid: int | None  # its `dvc exp exec-run` process, while that runs
+
+
+def tasks(root: Path) -> dict[str, Task]:
+    """Experiment name -> what DVC's files say of its task, for every task with a complete executor record."""
+    found = {}
+    for info_file, info in executor_records(root).items():
+        if not info or not info.get("name") or not info.get("root_dir"):
+            continue
+        log = info_file.with_suffix(".out")
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            text = ""  # being written
+        try:
+            process = json.loads(info_file.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            process = {}
+        pid = process.get("pid") if process.get("returncode") is None else None
+        stages = re.findall(r"Running stage '([^']+)'", text)
+        found[info["name"]] = Task(info_file.parent.name, info["name"], Path(info["root_dir"]), log, stages, pid)
+    return found
+
+
+def alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def log_size(task: Task) -> int:
+    try:
+        return task.log.stat().st_size
+    except OSError:
+        return 0
+
+
+def queue_fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes whenever DVC's queue does: its executors' records (a task's status), the broker's queued
+    messages, the tasks' results and the workers' records. Listing them costs microseconds; `dvc queue status`
+    costs a process and about 2 s of CPU, taken from the trials it watches."""
+    exps = root / EXPS_DIR
+    found = []
+    records = ("run/*/*.run", "celery/broker/in/*", "celery/result/*", "celery/*.json")
+    for path in sorted(path for pattern in records for path in exps.glob(pattern)):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed in between: the next look sees it gone
+        found.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
+
+
+def check_layout(root: Path) -> list[Path]:
+    """Check every queue file this module reads against ``READ_FROM``'s layout; the files checked. A file that
+    differs is a LayoutError naming it and what was expected."""
+    statuses = task_status()
+    if tuple(statuses) != STATUS_NAMES or list(statuses.values()) != list(range(len(STATUS_NAMES))):
+        raise LayoutError(f"DVC's TaskStatus is {statuses}; read from DVC {READ_FROM}: {STATUS_NAMES} from 0")
+    checked = []
+    for info_file, info in executor_records(root).items():
+        missing = [key for key in RECORD_KEYS if not isinstance(info, dict) or key not in info]
+        if missing or info["status"] not in statuses.values():
+            raise LayoutError(f"{info_file}: expected JSON with {RECORD_KEYS} (DVC {READ_FROM}), got {info!r}")
+        process_file = info_file.with_suffix(".json")
+        process = json.loads(process_file.read_text()) if process_file.is_file() else None
+        if process is not None and any(key not in process for key in PROCESS_KEYS):
+            raise LayoutError(f"{process_file}: expected JSON with {PROCESS_KEYS} (DVC {READ_FROM}), got {process!r}")
+        log = info_file.with_suffix(".out")
+        if info["status"] >= statuses["RUNNING"] and "Running stage '" not in log.read_text(errors="replace"):
+            raise LayoutError(f"{log}: expected lines \"Running stage '<stage>':\" (DVC {READ_FROM})")
+        checked += [info_file, log] + ([process_file] if process is not None else [])
+    return checked
+
+
+def queue_states(status_output: str) -> dict[str, str]:
+    """Experiment name -> Queued, Running, Success or Failed, from `dvc queue status`'s table."""
+    states = {}
+    for line in status_output.splitlines():
+        words = line.split()
+        if len(words) >= 4 and re.fullmatch(r"[0-9a-f]{7}", words[0]):
+            states[words[1]] = words[-1]
+    return states
+
+
+def dvc(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A DVC command in the project; a failure is a DvcError with DVC's own message."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=venv_env()
+    )
+    if check and result.returncode != 0:
+        message = (result.stderr.strip() or result.stdout.strip()).splitlines() or ["(no output)"]
+        raise DvcError(f"dvc {' '.join(args[:3])} ... failed: {message[-1]}", result.stderr)
+    return result
+
+
+class DvcError(PipelineError):
+    """A DVC command failed; ``stderr`` is what it printed."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def missing_records(stderr: str) -> list[str]:
+    """The tasks whose executor record DVC failed to find, from a DVC command's error output (DVC 3.67's
+    ``FileNotFoundError`` on ``.dvc/tmp/exps/run/<task>/<task>.run``)."""
+    return list(dict.fromkeys(match["task"] for match in MISSING_RECORD.finditer(stderr)))
+
+
+def stuck_tasks(root: Path, stderr: str) -> list[str]:
+    """The tasks DVC lists as active whose executor record does not exist (``stderr``: the failed command's):
+    DVC's own commands fail on each of them until it is killed and removed."""
+    return [task for task in missing_records(stderr) if not (root / RUN_DIR / task / f"{task}.run").exists()]
+
+
+def kill_and_remove(task: str, cwd: Path | None = None) -> str:
+    """DVC's remedy for a stuck task (treeverse/dvc#8461): `dvc queue kill` marks it failed, `dvc queue remove`
+    drops it. What DVC said, in one line."""
+    killed = dvc("queue", "kill", "--force", task, check=False, cwd=cwd)
+    removed = dvc("queue", "remove", task, check=False, cwd=cwd)
+    said = [line.strip() for result in (killed, removed) for line in (result.stdout + result.stderr).splitlines()]
+    return "; ".join(line for line in said if line) or "done"
+
+
+def worker_threads(jobs: int, cores: int | None = None) -> int:
+    """Threads per trial: the cores shared out among the workers, at least one each."""
+    return max(1, (cores or os.cpu_count() or 1) // jobs)
+
+
+def start_workers(jobs: int, root: Path | None = None) -> None:
+    """``dvc queue start -j JOBS`` (in ``root``, default the current folder): its workers outlive it and
+    inherit its output, so they get no pipe of ours to hold open (given one, the call would return only
+    when they stop, 10 s after the queue is empty).
+
+    Each trial gets its share of the cores (``OMP_NUM_THREADS``, unless set): two trainings of two
+    threads each on 2 cores spend their time waiting for each other. In MKL's strict mode the thread
+    count does not change the bits (docs/reproducibility.md), so a trial gives the result it would alone.
+    """
+    command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
+    env = {"OMP_NUM_THREADS": str(worker_threads(jobs))} | venv_env()  # the user's own setting wins
+    started = subprocess.run(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    if started.returncode != 0:
+        raise PipelineError(f"dvc queue start -j {jobs} failed (exit {started.returncode}): run it to see why")
