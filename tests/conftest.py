@@ -1,16 +1,22 @@
-"""Shared fixtures: the real MNIST and one tiny trained project once per session, and throwaway copies
-of the project as git repos."""
+"""Shared fixtures: the real MNIST and one tiny trained project once per session, throwaway copies of the
+project as git repos, and a throwaway PostgreSQL server."""
 
 import hashlib
 import json
 import os
+import pwd
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -260,16 +266,6 @@ def copy_trained(tmp_path: Path, trained_project: TrainedProject) -> Callable[..
     return copy
 
 
-@pytest.fixture
-def make_project(tmp_path: Path, mnist_raw: Path) -> Callable[..., Path]:
-    """A fresh git repo holding the project, with tiny params and the data from a `dir:` source, nothing run."""
-
-    def make(name: str = "project", params: dict | None = None) -> Path:
-        return new_project(tmp_path / name, mnist_raw, params)
-
-    return make
-
-
 def synthetic_split(num_samples: int, seed: int = 0) -> Split:
     """Random uint8 digits with balanced labels: enough for a training step, nothing more."""
     generator = torch.Generator().manual_seed(seed)
@@ -285,3 +281,105 @@ def tiny_split_dir(tmp_path: Path) -> Path:
     for name, size in {"train": 64, "validation": 32, "test": 32}.items():
         save_split(synthetic_split(size, seed=size), folder / name)
     return folder
+
+
+# A PostgreSQL server of the tests' own, for studies on a database (Optuna's RDBStorage): Debian's package
+# (.ci/run installs it) or any install with pg_ctl on PATH. Nothing of the machine's own clusters is used.
+POSTGRES_USER = "postgres"  # the cluster's superuser, and the system user that owns it when the tests run as root
+POSTGRES_DATABASE = "optuna"
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of PostgreSQL's server programs: pg_ctl's on PATH, else the newest major of Debian's
+    /usr/lib/postgresql/<major>/bin (the package puts none of them on PATH)."""
+    on_path = shutil.which("pg_ctl")
+    first = [Path(on_path).resolve().parent] if on_path else []  # resolved: Debian's links lead to the major's folder
+    majors = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda folder: tuple(int(part) for part in folder.parent.name.split(".") if part.isdigit()),
+        reverse=True,
+    )
+    for folder in [*first, *majors]:
+        if all(os.access(folder / program, os.X_OK) for program in ("initdb", "pg_ctl", "createdb")):
+            return folder
+    return None
+
+
+def as_cluster_owner() -> list[str] | None:
+    """The prefix that runs PostgreSQL's programs as the cluster's owner: none for an unprivileged user; as root
+    (initdb and the server refuse root), runuser to the `postgres` system user. None where there is no such user."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        return None
+    runuser = shutil.which("runuser")
+    return [runuser, "-u", POSTGRES_USER, "--"] if runuser else None
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def postgres_unavailable(reason: str) -> NoReturn:
+    """Skip the test that needs PostgreSQL, saying why; in CI, which installs it (.ci/run), fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: .ci/run installs it with apt-get")
+    pytest.skip(f"{reason} (Debian: apt-get install -y postgresql)")
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A new PostgreSQL cluster in a new folder, serving while the block runs: its URL for SQLAlchemy and Optuna's
+    RDBStorage (trust authentication, 127.0.0.1 on a free port, an empty database). Stopped and removed after the
+    block, whatever happened in it. Without PostgreSQL, or as root without a user to own the cluster: skips (fails
+    in CI)."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        postgres_unavailable("PostgreSQL is not installed: no pg_ctl on PATH or in /usr/lib/postgresql/*/bin")
+    as_owner = as_cluster_owner()
+    if as_owner is None:
+        postgres_unavailable(f"running as root, with no `{POSTGRES_USER}` user (or no runuser) to own a cluster")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}  # no PGPORT, PGDATA...
+    # Not under pytest's temporary folders: as root they are mode 700, closed to the cluster's owner.
+    folder = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))
+    port, cluster = free_port(), ["-D", str(folder / "data")]
+
+    def postgres(program: str, *args: str, check: bool = True) -> None:
+        command = [*as_owner, str(binaries / program), *args]
+        result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+        log = folder / "server.log"
+        assert result.returncode == 0 or not check, (
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            + (f"server.log:\n{log.read_text()}" if log.exists() else "")
+        )
+
+    try:
+        if as_owner:
+            owner = pwd.getpwnam(POSTGRES_USER)
+            os.chown(folder, owner.pw_uid, owner.pw_gid)
+        # The same locale and encoding whatever the machine's; no fsync anywhere: nothing here outlives the tests.
+        settings = ["--auth=trust", f"--username={POSTGRES_USER}", "--locale=C", "--encoding=UTF8", "--no-sync"]
+        postgres("initdb", *cluster, *settings)
+        # Loopback only, its unix socket in the folder (not /run/postgresql).
+        server = f"-c listen_addresses=127.0.0.1 -p {port} -k {shlex.quote(str(folder))} -c fsync=off"
+        try:
+            postgres("pg_ctl", *cluster, "-l", str(folder / "server.log"), "-o", server, "-w", "start")
+            postgres("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", POSTGRES_USER, POSTGRES_DATABASE)
+            yield f"postgresql+psycopg://{POSTGRES_USER}@127.0.0.1:{port}/{POSTGRES_DATABASE}"
+        finally:
+            postgres("pg_ctl", *cluster, "-m", "fast", "-w", "stop", check=False)  # no server: nothing to stop
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for this test session (under pytest-xdist, this worker's): the URL of its empty database,
+    ``postgresql+psycopg://postgres@127.0.0.1:<port>/optuna``. Skips without PostgreSQL; fails in CI."""
+    with throwaway_postgres() as url:
+        yield url

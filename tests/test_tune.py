@@ -334,3 +334,119 @@ def test_a_study_is_dvc_experiments_resumes_to_exactly_n_trials_and_goes_on_past
 def test_each_trial_gets_its_share_of_the_cores() -> None:
     assert [worker_threads(jobs, cores=2) for jobs in (1, 2, 3)] == [2, 1, 1]
     assert worker_threads(2, cores=16) == 8
+
+
+def test_a_half_written_last_row_is_not_read_until_its_line_ends(tmp_path: Path) -> None:
+    """The pruner keeps the first value reported for an epoch: a truncated 0.8 of 0.85 must never reach it."""
+    history = tmp_path / "metrics.csv"
+    history.write_text("epoch,step,train_accuracy,valid_accuracy\n0,187,0.8,0.85\n1,375,0.9,0.8")
+    assert epoch_accuracies(history) == [0.85]
+    history.write_text("epoch,step,train_accuracy,valid_accuracy\n0,187,0.8,0.85\n1,375,0.9,0.875\n")
+    assert epoch_accuracies(history) == [0.85, 0.875]
+
+
+# --- the study: its storage, its summary, a stalled trial -----------------------------------------
+
+
+def memory_study(space: dict | None = None):
+    import optuna
+
+    from mnistlab.space import parse_space
+    from mnistlab.study import open_study
+
+    storage = optuna.storages.InMemoryStorage()
+    parsed = parse_space(space or {"train_mlr": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}}}, "mlr")
+    return open_study("tune-mlr", storage, parsed, "host:/project", shared=False), storage, parsed
+
+
+def test_the_summary_names_the_best_on_validation_and_survives_a_missing_test_accuracy() -> None:
+    from mnistlab.tune import summary
+
+    study, _, space = memory_study()
+    for value, test in ((0.91, 0.95), (0.93, None), (0.92, 0.99)):
+        trial = study.ask(space.distributions)
+        trial.set_user_attr("experiment", trial_name("tune-mlr", trial.number))
+        if test is not None:
+            trial.set_user_attr("test_accuracy", test)
+        study.tell(trial, value)
+    text = summary(study, "mlr", list(space.distributions), {0: 1, 1: 1, 2: 1})
+    assert "study tune-mlr: 3 trials, 3 complete, 0 pruned, 0 failed" in text
+    assert "best trial (validation accuracy): tune-mlr-001" in text  # not tune-mlr-002, the best on test
+    assert "validation accuracy 0.9300, test accuracy not recorded" in text
+
+
+def test_a_trial_without_progress_for_the_stall_timeout_is_killed_and_failed(monkeypatch, capsys) -> None:
+    """No new epoch and no new log line for --stall-timeout: DVC's `queue kill` and `queue remove`, a FAIL."""
+    import optuna
+
+    from mnistlab import dvc_queue, tune
+
+    study, storage, space = memory_study()
+    tuner = tune.Tuner(study, storage, space, jobs=1, root=Path("/nonexistent"), stall_timeout_s=60)
+    killed = []
+    monkeypatch.setattr(dvc_queue, "kill_and_remove", lambda task, cwd=None: killed.append(task) or "killed")
+    clock = [1000.0]
+    monkeypatch.setattr(tune.time, "monotonic", lambda: clock[0])
+    trial = study.ask(space.distributions)
+    tuner.active[0] = tune.Active(trial, tuner.trial_id(0), "tune-mlr-000", dict(trial.params))
+    tuner.watch()  # first look: the progress clock starts
+    clock[0] += 59
+    tuner.watch()
+    assert killed == [] and 0 in tuner.active
+    clock[0] += 2
+    tuner.watch()
+    assert killed == ["tune-mlr-000"] and tuner.active == {}
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert (
+        "tune-mlr-000: no progress for 60 s (no live process): killed and removed (killed)" in capsys.readouterr().out
+    )
+
+
+def run_tune(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    (cwd / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (cwd / "tune.yaml").exists() or (cwd / "tune.yaml").write_text((ROOT / "tune.yaml").read_text())
+    command = [sys.executable, "-m", "mnistlab.tune", "--model", "mlr", "--trials", "2", *args]
+    return subprocess.run(command, cwd=cwd, env=venv_env() | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        (
+            "postgresql+nosuchdriver://u@127.0.0.1/db",
+            "error: --storage postgresql+nosuchdriver://u@127.0.0.1/db: not a",
+        ),
+        ("nosuchdb://u:secret@host/db", "error: --storage nosuchdb://u:***@host/db: not a database URL"),
+        (
+            "postgresql+psycopg://u@127.0.0.1:9/db",
+            "error: --storage postgresql+psycopg://u@127.0.0.1:9/db: the database",
+        ),
+    ],
+)
+def test_a_bad_storage_is_one_error_line_and_nothing_is_queued(tmp_path: Path, storage: str, message: str) -> None:
+    """No DVC project here: a tuner that got as far as queueing would fail with DVC's error instead."""
+    started = time.monotonic()
+    result = run_tune(tmp_path, "--storage", storage)
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "secret" not in result.stderr
+    assert time.monotonic() - started < 60  # a server that does not answer is an error, not a hang
+
+
+def test_a_study_made_with_another_search_space_is_refused(tmp_path: Path) -> None:
+    first = {"train_mlr": {"learning_rate": {"low": 0.001, "high": 0.1, "log": True}}}
+    journal = tmp_path / "study.journal"
+    import optuna
+
+    from mnistlab.space import parse_space
+    from mnistlab.study import open_storage, open_study
+
+    open_study("tune-mlr", open_storage(str(journal), 120), parse_space(first, "mlr"), "h:/p", shared=False)
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump({"train_mlr": {"epochs": {"low": 1, "high": 3}}}))
+    result = run_tune(tmp_path, "--storage", str(journal))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: study tune-mlr was made with another search space"), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    storage = open_storage(str(journal), 120)
+    assert optuna.load_study(study_name="tune-mlr", storage=storage).trials == []  # nothing asked
