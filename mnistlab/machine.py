@@ -106,7 +106,7 @@ def cpu_model() -> dict[str, str]:
     }
 
 
-# What decides the bits of a CPU result besides its inputs; the CPU's model and family do not (issue 17:
+# What decides the bits of a CPU result besides its inputs; the CPU's model and family do not (measured:
 # Zen 3 and Zen 4 give the same bits), so the committed record leaves them out and a clone on another
 # generation of the same vendor keeps a clean `git status`.
 ARITHMETIC = (

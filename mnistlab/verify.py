@@ -39,7 +39,7 @@ COMPARED = ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss")  # tes
 SPREAD_RUNS = (
     ("seed 1", 1, {}),
     ("seed 2", 2, {}),
-    # the default before issue 17, and what an AVX-512 CPU runs with ATEN_CPU_CAPABILITY=avx512 (skipped without it)
+    # ATen's own choice on an AVX-512 CPU: what it runs with ATEN_CPU_CAPABILITY=avx512 (skipped without it)
     ("ATen AVX-512 kernels", 0, {"ATEN_CPU_CAPABILITY": "avx512"}),
     ("ATen default kernels", 0, {"ATEN_CPU_CAPABILITY": "default"}),
     ("MKL COMPATIBLE branch", 0, {"MKL_CBWR": "COMPATIBLE,STRICT"}),

@@ -1,9 +1,11 @@
 """The README and docs/: every relative link, image and anchor resolves; the README stays short;
-docs/lab.md covers every code cell of the ISLP lab and names functions, files and params that exist."""
+docs/lab.md covers every code cell of the ISLP lab and names functions, files and params that exist; no
+project file speaks of how it was developed; CHANGELOG.md, pyproject.toml and LICENSE agree."""
 
 import ast
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from mnistlab.stage import METRICS_FILE
 from tests.conftest import ROOT
 
 README_LIMIT_BYTES = 12_000  # a newcomer's five minutes; the rest belongs in docs/
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^ {0,3}(```|~~~)")
 INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
@@ -293,3 +295,109 @@ def test_the_name_check_sees_what_does_not_exist() -> None:
     assert not dotted_exists("mnistlab.data.no_such_function")
     assert not dotted_exists("mnistlab.system.Classifier.no_such_method")
     assert not dotted_exists("mnistlab.no_such_module")
+
+
+# Docs say what is; how the project got there is CHANGELOG.md's and git log's. So no project file speaks
+# of the development's "stops" or "sessions" or of a numbered issue. The ordinary words stay: a process
+# that stops, `dvc queue stop`, pytest's session (scope="session", "once per test session", the session's
+# fixtures), a tmux session, and an upstream issue by its link or its #number.
+_WHEN = r"(?:earlier|later|previous|next|last|same|first|final)"
+DEVELOPMENT_TALK = re.compile(
+    rf"\b(?:this|that|an?|another|each|every|{_WHEN})\s+(?:{_WHEN}\s+)?(?:stop|session)(?:['’]s)?\b(?![-_])"
+    rf"|\b(?:the|these|those|several|many|some|its|our|{_WHEN})\s+(?:{_WHEN}\s+)?stops\b"
+    rf"|\bthe\s+(?:{_WHEN}\s+)?stop\b(?![-_(])"
+    rf"|\bthe\s+{_WHEN}\s+session"
+    r"|(?<!tmux )(?<!test )\bsessions\b"
+    r"|\bissues?\s+\d+",
+    re.IGNORECASE,
+)
+TEXT_SUFFIXES = {".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh"}
+
+
+def project_files() -> list[Path]:
+    """The files that describe or make up the project (hidden and generated folders left out)."""
+    files = [ROOT / name for name in ("README.md", "CHANGELOG.md", "Makefile", "tune.yaml", "params.yaml", "dvc.yaml")]
+    files += sorted((ROOT / "docs").glob("*.md"))
+    for folder in ("mnistlab", "stages", "bench", "tests"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            hidden = any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(ROOT).parts)
+            if path.is_file() and path.suffix in TEXT_SUFFIXES and not hidden:
+                files.append(path)
+    this_test = Path(__file__).resolve()  # its examples below are what it looks for
+    return [path for path in files if path.is_file() and path.resolve() != this_test]
+
+
+def development_talk(path: Path) -> list[str]:
+    """``path:line: text`` for each line of ``path`` that speaks of the development's stops, sessions or issues."""
+    return [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if DEVELOPMENT_TALK.search(line)
+    ]
+
+
+def test_no_project_file_speaks_of_the_development_s_stops_sessions_or_issues() -> None:
+    hits = [hit for path in project_files() for hit in development_talk(path)]
+    assert not hits, "say what is, not when or for which issue (history: CHANGELOG.md, git log):\n" + "\n".join(hits)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "The cause, found in a later stop from the workers' logs",
+        "at this stop's final code",
+        "An earlier stop: the same assertions in fewer processes",
+        "the previous stop (0f62ca3): the same",
+        "The stop that found the suite CPU-bound",
+        "the next stop's first step",
+        "no GPU was available to this project's sessions",
+        "measured in a later session",
+        "the previous session's code",
+        "the default on x86-64 since issue 17",
+        "issues 16 and 17",
+        "over several stops",
+    ],
+)
+def test_the_development_talk_check_sees_stops_sessions_and_issues(line: str) -> None:
+    assert DEVELOPMENT_TALK.search(line), line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Python 3.11 or newer (an older one stops `make` with one line saying so)",
+        "A stage stops with one `error:` line",
+        "a worker stops 10 s after the queue is empty; Ctrl-C stops the tuner",
+        "an option that stops the run",
+        "`range(start,stop,step)`",
+        'project.dvc("queue", "stop"); server.stop()',
+        '@pytest.fixture(scope="session")',
+        "def shared(session_dir: Path) -> Path:",
+        "The four canonical files, obtained once per test session",
+        "A copy of the session's committed, trained tiny project",
+        "a session-scoped fixture",
+        'subprocess.run(["tmux", "new-session", "-d", "-s", session])',
+        "two tmux sessions, shared across test sessions",
+        "upstream, torchmetrics issue #3457",
+    ],
+)
+def test_the_development_talk_check_lets_the_ordinary_words_be(line: str) -> None:
+    assert not DEVELOPMENT_TALK.search(line), line
+
+
+def test_the_changelog_s_latest_release_is_pyproject_s_version() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert re.search(r"^## \[Unreleased\]", changelog, re.M), "CHANGELOG.md: an [Unreleased] heading on top"
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})$", changelog, re.M)
+    assert releases, "CHANGELOG.md: no '## [X.Y.Z] - YYYY-MM-DD' entry"
+    assert releases[0][0] == version, f"CHANGELOG.md's latest release {releases[0][0]}, pyproject.toml's {version}"
+    assert "## [1.0.0]" in changelog
+
+
+def test_the_licence_exists_and_the_readme_names_it() -> None:
+    licence = (ROOT / "LICENSE").read_text()
+    assert licence.startswith("BSD 3-Clause License"), "LICENSE: the BSD 3-Clause text"
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "BSD-3-Clause"
+    readme = (ROOT / "README.md").read_text()
+    assert "](LICENSE)" in readme and "BSD 3-Clause" in readme, "README.md: a line naming the licence, linking LICENSE"

@@ -265,7 +265,7 @@ def test_make_repro_with_an_old_python_stops_at_once_with_one_line(project_for_m
     assert "make PYTHON3=python3.11" in lines[0]
     assert not (project_for_make / ".venv").exists(), "no venv from the old python"
 
-    # A .venv that an old python made: the same stop, and how to start over.
+    # A .venv that an old python made: make stops the same way, and says how to start over.
     venv_python = project_for_make / ".venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
     shutil.copy(fake_python(tmp_path / "old_venv", (3, 10, 13), sys.executable), venv_python)

@@ -1,4 +1,4 @@
-"""End to end: the real pipeline in a temporary git repo, on the real data, with 1 epoch (the session's
+"""End to end: the real pipeline in a temporary git repo, on the real data, with 1 epoch (the test session's
 trained project, then a copy of it)."""
 
 import json
@@ -19,7 +19,7 @@ def ran(output: str) -> list[str]:
 
 def test_repro_a_rerun_that_runs_nothing_and_the_plots(trained_project, copy_trained) -> None:
     """A changed param, the stages it reruns and `dvc metrics diff` / `dvc params diff`: tests/test_experiments.py
-    (branches), which used to be done here too."""
+    (branches)."""
     assert ran(trained_project.repro_output) == STAGES  # its one `dvc repro`, from nothing
     project = copy_trained()  # the same files, in a folder of this test's own
     assert sorted(p.name for p in (project / "data/MNIST/raw").iterdir()) == sorted(

@@ -1,6 +1,6 @@
 """Faults in the real pipeline: reruns are bit-identical, kills and a second `dvc repro` lose nothing.
 
-Each test runs `dvc repro` in its own copy of the session's tiny trained project (``copy_trained``),
+Each test runs `dvc repro` in its own copy of the test session's tiny trained project (``copy_trained``),
 on the real data. Training is signalled the way a user does it: Ctrl-C (SIGINT to the whole process group)
 and ``kill -9`` (SIGKILL to the whole process group, DVC included).
 """

@@ -98,7 +98,7 @@ def test_a_process_that_imported_mnistlab_ends_without_the_collectors_last_passe
     assert outputs == {"import mnistlab": "", "pass": "collected at exit\n"}
 
 
-# ------------------------------------------------------------------ ATen's AVX2 kernels by default (issue 17)
+# ------------------------------------------------------------------ ATen's AVX2 kernels by default
 
 CPU_FLAGS = cpu_flags()
 X86_AVX2 = has_avx2()
