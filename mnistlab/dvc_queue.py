@@ -15,15 +15,29 @@ of DVC no longer writes what is read here (a test runs it on a real queued exper
                                         ``Running stage '<stage>':``; ``dvc_task/proc/process.py``
 ``run/<task>/<task>.json``              the task's process, JSON: ``pid``, ``returncode`` (None while
                                         it runs); ``dvc_task/proc/process.py``, ``ProcessInfo``
-``celery/broker/in/*.celery.msg``       a queued task's message; ``kombu/transport/filesystem.py``
-``celery/result/*``                     a task's result; ``celery/backends/filesystem.py``
+``celery/broker/in/*.msg``              a queued task's message, kombu's JSON: ``headers.task`` (DVC's
+                                        ``run_exp``), ``headers.id`` (celery's id), ``body`` (base64 of
+                                        ``[args, kwargs, embed]``, whose entry has ``stash_rev`` and
+                                        ``name``); ``kombu/transport/filesystem.py``, DVC's
+                                        ``LocalCeleryQueue.put`` (``queue/celery.py``)
+``celery/broker/processed/*.msg``       the same, once a worker took it
+``celery/result/celery-task-meta-<id>`` a task's result, JSON: ``status``; none while it runs;
+                                        ``celery/backends/filesystem.py``
 ``celery/dvc-exp-worker-<n>.json``      a queue worker's process, as ``<task>.json``
 ======================================  ==============================================================
 
 ``<task>`` is DVC's task id: the 40 hex digits of the experiment's stash entry, whose first 7 are
 the ``Task`` column of ``dvc queue status``.
+
+A **stuck task** is one DVC lists as active (its message in ``broker/processed/``, no ready result)
+with no executor record: a queue worker took its message and stopped before it wrote the record
+(``dvc queue kill`` interrupts the trial's process group, and the worker shares it). No worker will
+ever run it, and every ``dvc exp show`` fails on it (``LocalCeleryQueue.collect_active_data`` loads
+the record unguarded) until DVC's remedy (treeverse/dvc#8461): ``dvc queue kill`` marks it failed,
+``dvc queue remove`` drops its stash entry, and a second ``dvc queue remove`` its message.
 """
 
+import base64
 import json
 import os
 import re
@@ -43,7 +57,8 @@ STATUS_NAMES = ("PENDING", "PREPARING", "RUNNING", "SUCCESS", "FAILED", "CANCELE
 ENDED_NAMES = ("FAILED", "CANCELED", "FINISHED")  # FINISHED: the experiment collected and its copy cleaned up
 RECORD_KEYS = ("name", "root_dir", "status")  # of <task>.run
 PROCESS_KEYS = ("pid", "returncode")  # of <task>.json
-MISSING_RECORD = re.compile(r"exps/run/(?P<task>[0-9a-f]{40})/(?P=task)\.run")
+RUN_EXP = "dvc.repo.experiments.queue.tasks.run_exp"  # the celery task of a queued experiment (queue/tasks.py)
+READY = ("SUCCESS", "FAILURE", "REVOKED")  # celery.states.READY_STATES: the result of an ended task
 
 
 class LayoutError(PipelineError):
@@ -197,25 +212,77 @@ class DvcError(PipelineError):
         self.stderr = stderr
 
 
-def missing_records(stderr: str) -> list[str]:
-    """The tasks whose executor record DVC failed to find, from a DVC command's error output (DVC 3.67's
-    ``FileNotFoundError`` on ``.dvc/tmp/exps/run/<task>/<task>.run``)."""
-    return list(dict.fromkeys(match["task"] for match in MISSING_RECORD.finditer(stderr)))
+@dataclass(frozen=True)
+class Message:
+    """A ``run_exp`` message of DVC's queue: one queued experiment."""
+
+    celery_id: str
+    task: str  # DVC's task id (the stash entry)
+    name: str | None  # the experiment's name
 
 
-def stuck_tasks(root: Path, stderr: str) -> list[str]:
-    """The tasks DVC lists as active whose executor record does not exist (``stderr``: the failed command's):
-    DVC's own commands fail on each of them until it is killed and removed."""
-    return [task for task in missing_records(stderr) if not (root / RUN_DIR / task / f"{task}.run").exists()]
+def messages(root: Path, folder: str) -> list[Message]:
+    """The ``run_exp`` messages in ``celery/broker/<folder>/`` (``in``: queued, ``processed``: taken by a worker),
+    oldest first; celery's own control messages left out. DVC reads the entry as ``kwargs.get("entry_dict",
+    args[0])`` (``LocalCeleryQueue._iter_processed``)."""
+    found = []
+    for path in sorted((root / EXPS_DIR / "celery" / "broker" / folder).glob("*.msg")):
+        try:
+            message = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # taken or purged in between
+        headers = message.get("headers") or {}
+        if headers.get("task") != RUN_EXP:
+            continue
+        body = message.get("body")
+        try:
+            if (message.get("properties") or {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body).decode("utf-8")
+            args, kwargs, _embed = json.loads(body)
+            entry = kwargs.get("entry_dict", args[0] if args else {})
+            found.append(Message(headers["id"], entry["stash_rev"], entry.get("name")))
+        except (TypeError, ValueError, KeyError) as error:
+            raise LayoutError(f"{path}: a run_exp message not as DVC {READ_FROM} wrote it ({error!r})") from None
+    return found
+
+
+def result_status(root: Path, celery_id: str) -> str | None:
+    """The status of a task's celery result (``SUCCESS``, ``FAILURE``, ...), None while it has none."""
+    try:
+        return json.loads((root / EXPS_DIR / "celery" / "result" / f"celery-task-meta-{celery_id}").read_text())[
+            "status"
+        ]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def stuck_tasks(root: Path) -> list[Message]:
+    """The tasks DVC lists as active that have no executor record (see the module's docstring).
+
+    A task a live worker is still setting up looks the same for a second or two: act on one only after a DVC
+    command failed on it for longer (:func:`mnistlab.experiments.show` tries for half a minute), and DVC's
+    ``queue kill`` refuses a task still initializing.
+    """
+    return [
+        message
+        for message in messages(root, "processed")
+        if result_status(root, message.celery_id) not in READY
+        and not (root / RUN_DIR / message.task / f"{message.task}.run").exists()
+    ]
 
 
 def kill_and_remove(task: str, cwd: Path | None = None) -> str:
-    """DVC's remedy for a stuck task (treeverse/dvc#8461): `dvc queue kill` marks it failed, `dvc queue remove`
-    drops it. What DVC said, in one line."""
-    killed = dvc("queue", "kill", "--force", task, check=False, cwd=cwd)
-    removed = dvc("queue", "remove", task, check=False, cwd=cwd)
-    said = [line.strip() for result in (killed, removed) for line in (result.stdout + result.stderr).splitlines()]
-    return "; ".join(line for line in said if line) or "done"
+    """DVC's remedy for a stuck or stalled task (treeverse/dvc#8461), given its name or task id: `dvc queue kill`
+    marks it failed, `dvc queue remove` drops it (twice where its stash entry was never dropped). What DVC
+    said, in one line. Killing a trial stops its queue worker too: start the workers again after it."""
+    root = cwd or Path.cwd()
+    said = [dvc("queue", "kill", task, check=False, cwd=cwd)]
+    for _ in range(2):
+        said.append(dvc("queue", "remove", task, check=False, cwd=cwd))
+        if not any(task in (message.task, message.name) for message in messages(root, "processed")):
+            break
+    lines = [line.strip() for result in said for line in (result.stdout + result.stderr).splitlines()]
+    return "; ".join(dict.fromkeys(line for line in lines if line)) or "done"
 
 
 def worker_threads(jobs: int, cores: int | None = None) -> int:

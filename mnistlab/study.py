@@ -3,9 +3,10 @@
 - A path: Optuna's journal file (the default, ``experiments/studies/<study>.journal``): one machine,
   no server. Its locks are files, which Optuna's own docs say may not work on NFS: not for sharing.
 - A URL: Optuna's RDBStorage on a database (PostgreSQL: ``postgresql+psycopg://user@host/db``), which
-  several machines share. Heartbeats are on: each tuner beats for its running trials every
-  ``HEARTBEAT_S`` from a thread, and a trial whose machine stopped beating for the grace period is
-  failed by whichever tuner looks next (``optuna.storages.fail_stale_trials``).
+  several machines share. Heartbeats are on: each tuner beats for its running trials from a thread,
+  four times per grace period (at most every ``HEARTBEAT_S``), and a trial whose machine stopped
+  beating for the grace period is failed by whichever tuner looks next
+  (``optuna.storages.fail_stale_trials``).
 
 A bad URL, a server that does not answer, and a study made with another search space are each one
 ``StudyError`` line, before anything is queued.
@@ -15,6 +16,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -23,7 +25,8 @@ from typing import Any
 from mnistlab.errors import PipelineError
 from mnistlab.space import Space, describe
 
-HEARTBEAT_S = 10.0  # a database study: each running trial's heartbeat, from a thread of the tuner
+HEARTBEAT_S = 10  # a database study: the longest interval between two heartbeats of a running trial
+TABLE_RACE_TRIES = 4  # opening an empty database that other machines are opening too
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer: an error after this, not a hang
 
 
@@ -37,15 +40,15 @@ class StudyError(PipelineError):
 
 
 class Heartbeat(threading.Thread):
-    """Beats for the tuner's running trials every ``HEARTBEAT_S``, whatever its main loop is waiting for."""
+    """Beats for the tuner's running trials every ``interval_s``, whatever its main loop is waiting for."""
 
-    def __init__(self, tuner: Any) -> None:
+    def __init__(self, tuner: Any, interval_s: float) -> None:
         super().__init__(name="optuna-heartbeat", daemon=True)
-        self.tuner, self.stopped = tuner, threading.Event()
+        self.tuner, self.interval_s, self.stopped = tuner, interval_s, threading.Event()
         self.start()
 
     def run(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_S):
+        while not self.stopped.wait(self.interval_s):
             try:
                 self.tuner.beat()
             except Exception as error:  # a lost connection: the next beat tries again
@@ -57,6 +60,11 @@ class Heartbeat(threading.Thread):
 
 def is_url(storage: str) -> bool:
     return "://" in storage
+
+
+def heartbeat_interval(grace_period_s: float) -> int:
+    """Seconds between two heartbeats: four per grace period, so that one late beat fails nothing."""
+    return max(1, min(HEARTBEAT_S, int(grace_period_s // 4)))
 
 
 def open_storage(storage: str, grace_period_s: float) -> Any:
@@ -73,25 +81,42 @@ def open_storage(storage: str, grace_period_s: float) -> Any:
     options = {"pool_pre_ping": True}
     if storage.startswith("postgresql"):
         options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeats are experimental in Optuna's API
-            return optuna.storages.RDBStorage(
-                storage,
-                engine_kwargs=options,
-                heartbeat_interval=int(HEARTBEAT_S),
-                grace_period=int(grace_period_s),
-                failed_trial_callback=lambda study, trial: print(
-                    f"{trial.user_attrs.get('experiment', trial.number)}: failed: no heartbeat from "
-                    f"{trial.user_attrs.get('queue', 'its machine')} for {grace_period_s:.0f} s",
-                    flush=True,
-                ),
-            )
-    except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as error:
-        raise StudyError(f"--storage {redacted(storage)}: not a database URL SQLAlchemy can use ({error})") from None
-    except sqlalchemy.exc.SQLAlchemyError as error:
-        reason = str(error.orig if getattr(error, "orig", None) else error).strip().splitlines()[0]
-        raise StudyError(f"--storage {redacted(storage)}: the database did not answer: {reason}") from None
+
+    def failed(study: Any, trial: Any) -> None:
+        print(
+            f"{trial.user_attrs.get('experiment', trial.number)}: failed: no heartbeat from "
+            f"{trial.user_attrs.get('queue', 'its machine')} for {grace_period_s:.0f} s",
+            flush=True,
+        )
+
+    for attempt in range(TABLE_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeats are experimental in Optuna's API
+                return optuna.storages.RDBStorage(
+                    storage,
+                    engine_kwargs=options,
+                    heartbeat_interval=heartbeat_interval(grace_period_s),
+                    grace_period=int(grace_period_s),
+                    failed_trial_callback=failed,
+                )
+        except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as error:
+            raise StudyError(
+                f"--storage {redacted(storage)}: not a database URL SQLAlchemy can use ({error})"
+            ) from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            # machines that start together on an empty database create Optuna's tables at once: one wins, the
+            # others fail on its tables; opened again, they find them
+            if attempt == TABLE_RACE_TRIES - 1:
+                raise StudyError(f"--storage {redacted(storage)}: Optuna's tables: {_reason(error)}") from None
+            time.sleep(1 + attempt)
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise StudyError(f"--storage {redacted(storage)}: the database did not answer: {_reason(error)}") from None
+    raise AssertionError("unreachable")
+
+
+def _reason(error: Exception) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 
 def redacted(url: str) -> str:

@@ -40,11 +40,11 @@ import pandas as pd
 
 from mnistlab import dvc_queue as queue
 from mnistlab.errors import PipelineError
-from mnistlab.experiments import Run, best_on_validation, read_runs, show, trial_message
+from mnistlab.experiments import RETRY_S, Run, best_on_validation, read_runs, show, trial_message
 from mnistlab.params import MODEL_NAMES, parse_section, read_params, train_params, train_section
 from mnistlab.space import SPACE_FILE, Space, load_space
 from mnistlab.stage import HISTORY, run_stage
-from mnistlab.study import HEARTBEAT_S, Heartbeat, is_url, open_storage, open_study, owner_of
+from mnistlab.study import Heartbeat, is_url, open_storage, open_study, owner_of
 
 STUDIES = Path("experiments/studies")  # git-ignored: each study's journal
 POLL_S = 5.0  # between two looks at the queue's files (and the running trials' histories)
@@ -109,6 +109,7 @@ class Tuner:
         self.stall_timeout_s = stall_timeout_s
         self.owner = owner_of(root)
         self.active: dict[int, Active] = {}
+        self.restart_workers = True  # workers may be gone (a reboot, a killed trial): start them on the next look
 
     # --- the study -----------------------------------------------------------------------------
 
@@ -149,26 +150,35 @@ class Tuner:
 
     # --- DVC -----------------------------------------------------------------------------------
 
-    def recovering(self, read: Callable[[], Any]) -> Any:
-        """``read()`` (a DVC command), after DVC's remedy for any stuck task it fails on: a task DVC lists
-        as active with no executor record, which makes every `dvc exp show` and `dvc queue status` fail
-        until it is killed and removed."""
-        try:
-            return read()
-        except (queue.DvcError, PipelineError) as error:
-            stuck = queue.stuck_tasks(self.root, getattr(error, "stderr", ""))
-            if not stuck:
-                raise
-        names = queue.task_names(self.root)
-        for task in stuck:
-            said = queue.kill_and_remove(task, cwd=self.root)
-            name = names.get(task, task[:7])
-            print(f"{name}: DVC's task {task[:7]} was stuck (active, no executor record): killed and removed ({said})")
-            self.fail(name, "stuck in DVC's queue")
-        return read()
+    def recovering(self, read: Callable[[], Any], attempts: int = 6) -> Any:
+        """``read()`` (a DVC command), asked again while it fails (DVC's queue mid-change), and after DVC's
+        remedy for a stuck task: one DVC lists as active with no executor record, which makes every
+        `dvc exp show` fail until it is killed and removed (:mod:`mnistlab.dvc_queue`). A task is stuck when
+        it still is a look later (a live worker's task looks so for a moment). Its trial is failed."""
+        suspects: set[str] = set()
+        for attempt in range(attempts):
+            try:
+                return read()
+            except PipelineError:
+                if attempt == attempts - 1:
+                    raise
+            stuck = queue.stuck_tasks(self.root)
+            for message in (m for m in stuck if m.task in suspects):
+                said = queue.kill_and_remove(message.task, cwd=self.root)
+                name = message.name or message.task[:7]
+                print(
+                    f"{name}: stuck in DVC's queue (task {message.task[:7]} active, no executor record): "
+                    f"dvc queue kill, dvc queue remove: {said}",
+                    flush=True,
+                )
+                self.fail(name, "stuck in DVC's queue")
+                self.restart_workers = True
+            suspects = {m.task for m in stuck}
+            time.sleep(RETRY_S)
+        raise AssertionError("unreachable")
 
     def shown(self) -> dict[str, Run]:
-        return {run.name: run for run in self.recovering(lambda: read_runs(show(cwd=self.root)))}
+        return {run.name: run for run in self.recovering(lambda: read_runs(show(cwd=self.root, attempts=1)))}
 
     def queue_states(self) -> dict[str, str]:
         return self.recovering(lambda: queue.queue_states(queue.dvc("queue", "status", cwd=self.root).stdout))
@@ -193,7 +203,11 @@ class Tuner:
         print(f"{active.name}: queued {' '.join(options[1::2])}", flush=True)
 
     def ask(self) -> None:
-        trial = self.study.ask(self.space.distributions)
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # "Heartbeat of storage is supposed to be used with Study.optimize": ours beats
+            trial = self.study.ask(self.space.distributions)
         name = trial_name(self.study.study_name, trial.number)
         active = Active(trial, self.trial_id(trial.number), name, dict(trial.params))
         self.active[trial.number] = active  # beating from now on
@@ -273,6 +287,7 @@ class Tuner:
             elif now - active.progress_at > self.stall_timeout_s:
                 process = "its process alive" if task and queue.alive(task.pid) else "no live process"
                 said = queue.kill_and_remove(active.name, cwd=self.root)
+                self.restart_workers = True
                 stalled = f"no progress for {self.stall_timeout_s:.0f} s ({process})"
                 print(f"{active.name}: {stalled}: killed and removed ({said})", flush=True)
                 self.fail(active.name, f"stalled for {self.stall_timeout_s:.0f} s")
@@ -287,6 +302,7 @@ class Tuner:
         if accuracies and active.trial.should_prune():
             active.trial.set_user_attr("pruned", True)
             queue.dvc("queue", "kill", active.name, check=False, cwd=self.root)
+            self.restart_workers = True  # the kill reaches the trial's worker too: it shuts down
             print(f"{active.name}: pruning after {active.reported} epochs: {accuracies[-1]:.4f}", flush=True)
 
     def asked(self) -> int:
@@ -296,18 +312,17 @@ class Tuner:
         return len(self.finished()) + len(self.trials(TrialState.RUNNING))
 
     def run(self, trials: int) -> None:
-        heartbeat = Heartbeat(self) if self.shared else None
+        heartbeat = Heartbeat(self, self.storage.get_heartbeat_interval()) if self.shared else None
         self.resume()
-        queued = True  # workers may be gone (a reboot): start them once, then whenever a trial is queued
         seen: tuple | None = None  # the queue's files when `dvc queue status` was last asked
         asked = time.monotonic()
         while len(self.finished()) < trials or self.active:
             while len(self.active) < self.jobs and self.asked() < trials:
                 self.ask()
-                queued = True
-            if queued:
+                self.restart_workers = True
+            if self.restart_workers and self.active:
                 queue.start_workers(self.jobs, self.root)
-                queued, seen = False, None
+                self.restart_workers, seen = False, None
             time.sleep(POLL_S)
             self.fail_stale()
             self.watch()
@@ -415,10 +430,10 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     if args.trials < 1 or args.jobs < 1:
         raise PipelineError(f"--trials {args.trials} --jobs {args.jobs}: both must be at least 1")
-    if args.grace_period <= HEARTBEAT_S or args.stall_timeout <= POLL_S:
+    if args.grace_period < 4 or args.stall_timeout <= POLL_S:
         raise PipelineError(
-            f"--grace-period {args.grace_period:g} must exceed the heartbeat ({HEARTBEAT_S:g} s), "
-            f"--stall-timeout {args.stall_timeout:g} the poll ({POLL_S:g} s)"
+            f"--grace-period {args.grace_period:g} must be at least 4 s (four heartbeats), "
+            f"--stall-timeout {args.stall_timeout:g} above the poll ({POLL_S:g} s)"
         )
     name = args.study or f"tune-{args.model}"
     if not NAME.fullmatch(name):

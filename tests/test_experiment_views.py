@@ -23,7 +23,7 @@ import yaml
 from torchvision.io import read_image
 
 from mnistlab.dvc_queue import start_workers
-from mnistlab.experiments import Run, flatten
+from mnistlab.experiments import Run, flatten, trial_message
 from mnistlab.workspace import venv_env
 from tests.conftest import TrainedProject, clone, copy_built, dvc, git, share
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
@@ -290,16 +290,30 @@ def test_plots_diff_overlays_two_experiments_curves(
         assert lines > 0 and int(state.charts[chart]["data-lines"]) == 2 * lines, (single.charts, state.charts)
 
 
+def tag_as_trial(project: Path, study: str, number: int) -> None:
+    """The experiment ``<study>-<number>``'s commit, made again with the message `make tune` gives its trials
+    (the same tree and parent): its trailers make it a trial of ``study`` for `make report`."""
+    name = f"{study}-{number:03d}"
+    ref = next(
+        r for r in git(project, "for-each-ref", "--format=%(refname)", "refs/exps").split() if r.endswith(f"/{name}")
+    )
+    tree, parent = git(project, "rev-parse", f"{ref}^{{tree}}", f"{ref}^").split()
+    commit = git(project, "commit-tree", tree, "-p", parent, "-m", trial_message(study, number, name)).strip()
+    git(project, "update-ref", ref, commit)
+
+
 def test_make_report_draws_every_chart_offline(
     swept: Path,
     swept_shown: dict[str, Run],
     chromium: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    # two of the sweep's runs become the trials of a tuning study, as `make tune` names them
+    # two of the sweep's runs become the trials of a tuning study, as `make tune` names and tags them
     first, second = sorted(name for name in swept_shown if name != "main")[:2]
     dvc(swept, "exp", "rename", first, "tune-mlr-000")
     dvc(swept, "exp", "rename", second, "tune-mlr-002")
+    for number in (0, 2):
+        tag_as_trial(swept, "tune-mlr", number)
     out = subprocess.run(
         [sys.executable, "-m", "mnistlab.report", "reports/experiments.html"],
         cwd=swept,

@@ -113,3 +113,38 @@ def test_without_postgresql_a_test_skips_but_fails_in_ci(ci: str | None, outcome
         monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="PostgreSQL is not installed"), conftest.throwaway_postgres():
         pass
+
+
+@pytest.mark.slow  # a new database and three processes
+def test_machines_that_open_an_empty_database_at_once_all_get_the_study(postgres_url: str) -> None:
+    """The first open of a database creates Optuna's tables; machines starting together race to create them
+    (PostgreSQL: duplicate key on pg_type). mnistlab.study opens it again, and each machine gets the study."""
+    import subprocess
+    import sys
+
+    from mnistlab.workspace import venv_env
+
+    engine = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("CREATE DATABASE race"))
+    engine.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/race"
+    script = (
+        "import sys; from mnistlab.space import parse_space; from mnistlab.study import open_storage, open_study; "
+        "space = parse_space({'train_mlr': {'epochs': {'low': 1, 'high': 3}}}, 'mlr'); "
+        f"open_study('tune-mlr', open_storage({url!r}, 8), space, sys.argv[1], shared=True); print('opened')"
+    )
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, f"h{n}:/p"],
+            env=venv_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    results = [process.communicate(timeout=120) for process in starts]
+    assert [process.returncode for process in starts] == [0, 0, 0], results
+    assert [out for out, _ in results] == ["opened\n"] * 3
+    assert len(optuna.get_all_study_names(url)) == 1

@@ -328,7 +328,7 @@ def test_a_study_is_dvc_experiments_resumes_to_exactly_n_trials_and_goes_on_past
     assert f"best trial (validation accuracy): {name}" in output
     assert f"dvc exp apply {name}" in output and f"dvc exp branch {name} " in output
     failed = [line for line in dvc(project, "queue", "status").stdout.splitlines() if "Failed" in line]
-    assert all("tune-mlr-001 " in line for line in failed), failed  # only the trial killed
+    assert len(failed) == 1 and "tune-mlr-001 " in failed[0], failed  # the trial killed, and only it
 
 
 def test_each_trial_gets_its_share_of_the_cores() -> None:
@@ -450,3 +450,57 @@ def test_a_study_made_with_another_search_space_is_refused(tmp_path: Path) -> No
     assert len(result.stderr.splitlines()) == 1, result.stderr
     storage = open_storage(str(journal), 120)
     assert optuna.load_study(study_name="tune-mlr", storage=storage).trials == []  # nothing asked
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_stuck_dvc_task_is_killed_removed_and_failed_and_a_pruned_trial_is_never_complete(copy_trained) -> None:
+    """A trial left RUNNING whose DVC task is stuck (listed as active, no executor record, so every
+    `dvc exp show` fails; built for real by tests/stuck_task.py), then pruning against DVC: the tuner runs DVC's
+    remedy on the stuck task, fails its trial with one line, completes the next trial, and prunes the one after
+    (its learning rate 1e-7 trails the completed trial's accuracy at the same epoch): killed in DVC's queue,
+    recorded with the epochs it trained, never told a result."""
+    import optuna
+
+    from mnistlab.space import load_space
+    from mnistlab.study import open_storage, owner_of
+    from tests.stuck_task import make_stuck_task
+
+    space = {  # seed 9: the sampler's next two draws are 0.003, then 1e-7 (Optuna 5.0's RandomSampler)
+        "seed": 9,
+        "pruning": {"startup_trials": 1, "warmup_epochs": 0},
+        "train_mlr": {"learning_rate": {"choices": [0.003, 1e-07]}, "epochs": {"choices": [40]}},
+    }
+    project = trained_project(copy_trained, space)
+    storage = open_storage(str(project / "experiments/studies/tune-mlr.journal"), 120)
+    study = optuna.create_study(study_name="tune-mlr", storage=storage, direction="maximize")
+    stuck = study.ask(load_space(project / "tune.yaml", "mlr").distributions)
+    stuck.set_user_attr("queue", owner_of(project))
+    stuck.set_user_attr("experiment", "tune-mlr-000")
+    task = make_stuck_task(project, "tune-mlr-000", *(set_option(k, v) for k, v in stuck.params.items()))
+    assert dvc(project, "exp", "show", "--json", check=False).returncode != 0  # the state users met
+
+    output = finish(tune(project, "--trials", "3", "--jobs", "1"))
+    print(output)
+    assert (
+        f"tune-mlr-000: stuck in DVC's queue (task {task[:7]} active, no executor record): dvc queue kill, "
+        "dvc queue remove: " in output
+    )
+    assert "tune-mlr-000: failed: stuck in DVC's queue" in output
+    trials = journal_trials(project, "tune-mlr")
+    states = optuna.trial.TrialState
+    assert [t.state for t in trials] == [states.FAIL, states.COMPLETE, states.PRUNED], trials
+    assert [t.params["train_mlr.learning_rate"] for t in trials[1:]] == [0.003, 1e-07]
+    pruned = trials[2]
+    assert pruned.value is None and 1 <= len(pruned.intermediate_values) < 40
+    epochs = len(pruned.intermediate_values)
+    assert f"tune-mlr-002: pruned after {epochs} epochs" in output
+    assert "tune-mlr-002: validation accuracy" not in output
+    assert max(pruned.intermediate_values.values()) < trials[1].intermediate_values[1]  # why it was pruned
+    assert "study tune-mlr: 3 trials, 1 complete, 1 pruned, 1 failed" in output
+    assert f"pruning: 1 trials stopped after {epochs} of their 40 epochs" in output
+    shown = shown_experiments(project)  # DVC works again, and has no result for the pruned trial
+    assert shown["tune-mlr-001"].state == "success"
+    assert "tune-mlr-002" not in shown or shown["tune-mlr-002"].state == "failed"
+    assert "tune-mlr-000" not in shown
+    assert "best trial (validation accuracy): tune-mlr-001" in output
