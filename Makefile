@@ -9,9 +9,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # `make predict`: the images (files or folders) and the model whose checkpoint reads them.
 IMAGES ?=
 MODEL  ?= mlp
-# `make tune`: trials to finish and DVC queue workers (experiments at once); the model is MODEL.
+# `make tune`: trials to finish and DVC queue workers (experiments at once); the model is MODEL. STORAGE: the
+# study's journal file (default experiments/studies/<study>.journal) or a database URL that several machines share
+# (postgresql+psycopg://user@host/db); PUSH: a git remote to `dvc exp push` this machine's trials to at the end.
 TRIALS ?= 12
 JOBS   ?= 2
+STORAGE ?=
+PUSH    ?=
 # vega, vega-lite and vega-embed for `dvc plots show` offline (html/dvc_plots.html loads them from
 # html/vendor/): the majors DVC's default page loads from a CDN, checked against html/vendor.sha256.
 VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
@@ -47,8 +51,9 @@ report: $(STAMP) ## every experiment of HEAD on one offline page: reports/experi
 	@$(MAKE) --no-print-directory $(VEGA)
 	$(PYTHON) -m mnistlab.report reports/experiments.html $(if $(SORT),--sort-by $(SORT)) $(if $(REV),--rev $(REV))
 
-tune: $(STAMP) ## search params, each trial a DVC experiment: make tune [MODEL=mlr] [TRIALS=12] [JOBS=2] [STUDY=name]
-	$(PYTHON) -m mnistlab.tune --model $(MODEL) --trials $(TRIALS) --jobs $(JOBS) $(if $(STUDY),--study $(STUDY))
+tune: $(STAMP) ## search params, each trial a DVC experiment: make tune [MODEL=mlr] [TRIALS=12] [JOBS=2] [STUDY=name] [STORAGE=url] [PUSH=origin]
+	$(PYTHON) -m mnistlab.tune --model $(MODEL) --trials $(TRIALS) --jobs $(JOBS) $(if $(STUDY),--study $(STUDY)) \
+	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(PUSH),--push $(PUSH))
 
 predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png folder/" [MODEL=mlr] [JSON=1] [SHOW=DIR]
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="digit.png my_digits/" [MODEL=mlr] [JSON=1] [SHOW=DIR]' >&2; exit 2; }
@@ -57,8 +62,8 @@ predict: $(STAMP) ## top-3 digits for your images: make predict IMAGES="a.png fo
 bench: $(STAMP) $(BENCH_DEPS)/.installed ## CPU benchmark vs the lab's code (real ISLP): tables, bench/results.json
 	$(PYTHON) -m bench $(BENCH_ARGS)
 
-# Any python3 with torch, Lightning, torchmetrics, torchvision, pandas, matplotlib and PyYAML: no .venv,
-# DVC or torchinfo needed. Reads the repository and data/MNIST/raw (or BENCH_ARGS="--data-root DIR").
+# Any python3 with torch, Lightning, torchmetrics, torchvision, pandas, matplotlib, PyYAML and pydantic:
+# no .venv, DVC or torchinfo needed. Reads the repository and data/MNIST/raw (or BENCH_ARGS="--data-root DIR").
 bench-gpu: ## GPU table: fits, plain loop, CUDA graphs, stage times; writes bench/results_gpu.json
 	python3 -m bench --gpu $(BENCH_ARGS)
 

@@ -1,6 +1,4 @@
-"""The performance benchmark (`make bench`, `make bench-gpu`, ``python -m bench``): a script, not a test.
+"""The performance benchmark (`make bench`, `make bench-gpu`, ``python -m bench``): a user's tool, not a test.
 
-One module per measured item (lab, overhead, startup, pipeline, step_profile, strict_mode, kernels;
-gpu and stage_times for the GPU table), what they share in common.py, the command line in cli.py.
-The CPU-dependence study `python -m bench.isa` beside it: isa (driver), isa_settings, isa_ops, isa_report.
+One module per item (lab, pipeline, experiment, gpu: bench/cli.py lists them), what they share in common.py.
 """

@@ -1,33 +1,25 @@
-"""What the measured items share: timed runs, the machine, our fit() with a clock, stage commands, tables."""
+"""What the items share: our fit and the same steps in a plain loop, timed; the machine; the stages' env; tables."""
 
 import dataclasses
-import inspect
-import logging
 import os
 import platform
-import re
-import shlex
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 
 import pytorch_lightning as pl
 import torch
-import yaml
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
-from mnistlab.params import MODEL_NAMES, TrainerParams, TrainParams, train_section
+from mnistlab.data import TensorBatches, load_split
+from mnistlab.models import NUM_CLASSES, build_model
+from mnistlab.params import TrainerParams, TrainParams
 from mnistlab.training import fit
-from mnistlab.workspace import ROOT, venv_env
-
-# The line a training stage prints after its fit: the seconds spent in the fit's epochs.
-FIT_LINE = re.compile(r"fit: ([0-9.]+) s in epochs")
-# What the history's last row holds: the metrics of the last epoch.
-HISTORY_METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+from mnistlab.workspace import venv_env
 
 
 @dataclasses.dataclass
@@ -38,21 +30,12 @@ class Run:
     epoch_seconds: list[float]
     final: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    @property
-    def setup_seconds(self) -> float:
-        return self.seconds - sum(self.epoch_seconds)
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
 
 def summarize_runs(runs: list[Run], epochs: int) -> dict:
-    """Medians of repeated fits: per epoch (wall / epochs), of one epoch, and of the set-up."""
+    """Medians of repeated fits: per epoch (wall / epochs), of one epoch, and of the whole fit."""
     return {
         "per_epoch_s": median([run.seconds for run in runs]) / epochs,
         "epoch_median_s": median([second for run in runs for second in run.epoch_seconds]),
-        "setup_s": median([run.setup_seconds for run in runs]),
         "fit_s": median([run.seconds for run in runs]),
         "runs": [dataclasses.asdict(run) for run in runs],
     }
@@ -100,15 +83,6 @@ def machine(device: torch.device) -> dict:
     }
 
 
-def quiet_lightning() -> None:
-    """Keep the report readable: no 'GPU available' banners or advice about DataLoader workers."""
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*is an invalid value for `log_every_n_steps`.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-
-
 class EpochClock(pl.Callback):
     """Wall time of each epoch; Lightning validates before ``on_train_epoch_end``, so it is included."""
 
@@ -124,109 +98,106 @@ class EpochClock(pl.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def fit_has_cuda_graphs() -> bool:
-    """Whether ``mnistlab.training.fit`` takes ``cuda_graphs`` (None: automatic, False: eager, True: graphs)."""
-    return "cuda_graphs" in inspect.signature(fit).parameters
+@dataclasses.dataclass(frozen=True)
+class FitSettings:
+    """What the bench's fits share: each model's params (the bench's epochs), the trainer's, the seed, the device."""
+
+    params: dict[str, TrainParams]
+    trainer: TrainerParams
+    run_seed: int
+    device: torch.device
 
 
-def project_fit(
-    model_name: str,
-    params: TrainParams,
-    trainer: TrainerParams,
-    run_seed: int,
-    split_dir: Path,
-    device: torch.device,
-    **fit_options: object,
-) -> Run:
+def project_fit(model_name: str, settings: FitSettings, split_dir: Path, **fit_options: object) -> Run:
     """``mnistlab.training.fit`` as the training stage calls it, its CSV history in a temporary folder."""
-    clock = EpochClock(device)
+    clock = EpochClock(settings.device)
     with tempfile.TemporaryDirectory() as history:
         start = time.perf_counter()
         lightning, _ = fit(
             model_name,
-            params,
-            trainer,
-            run_seed,
+            settings.params[model_name],
+            settings.trainer,
+            settings.run_seed,
             split_dir,
             Path(history) / model_name,
             callbacks=[clock],
             enable_progress_bar=False,
             **fit_options,
         )
-        synchronize(device)
+        synchronize(settings.device)
         seconds = time.perf_counter() - start
-    logged = lightning.callback_metrics  # the values of the history's last row
-    final = {name: float(logged[name]) for name in HISTORY_METRICS if name in logged}
+    final = {name: float(value) for name, value in lightning.callback_metrics.items()}  # the history's last row
     return Run(seconds, clock.seconds, final)
 
 
-# Stages, as dvc.yaml runs them ---------------------------------------------------------------------
+def plain_fit(model_name: str, settings: FitSettings, split_dir: Path) -> Run:
+    """The same arithmetic without Lightning: a hand loop over the same batches, metrics as the system keeps."""
+    params, run_seed, device = settings.params[model_name], settings.run_seed, settings.device
+    pl.seed_everything(run_seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    start = time.perf_counter()
+    model = build_model(model_name).to(device)
+    loss_function = nn.CrossEntropyLoss()
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=params.learning_rate, foreach=True)  # as the system's
+    train, validation = (load_split(split_dir / name) for name in ("train", "validation"))
+    train_batches = TensorBatches(
+        train.images.to(device), train.labels.to(device), params.batch_size, shuffle=True, seed=run_seed
+    )
+    validation_batches = TensorBatches(
+        validation.images.to(device), validation.labels.to(device), params.eval_batch_size, shuffle=False
+    )
+    mean_loss = MeanMetric().to(device)
+    accuracy = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False).to(device)
+    epoch_seconds, final = [], {}
+    for _ in range(params.epochs):
+        synchronize(device)
+        epoch_start = time.perf_counter()
+        model.train()
+        for images, labels in train_batches:
+            optimizer.zero_grad()
+            logits = model(images)
+            loss = loss_function(logits, labels)
+            loss.backward()
+            optimizer.step()
+            mean_loss.update(loss.detach(), weight=len(labels))
+            accuracy.update(logits.detach(), labels)
+        final = {"train_loss": float(mean_loss.compute()), "train_accuracy": float(accuracy.compute())}
+        mean_loss.reset()
+        accuracy.reset()
+        model.eval()
+        with torch.inference_mode():  # as Lightning validates
+            for images, labels in validation_batches:
+                logits = model(images)
+                mean_loss.update(loss_function(logits, labels), weight=len(labels))
+                accuracy.update(logits, labels)
+        final |= {"valid_loss": float(mean_loss.compute()), "valid_accuracy": float(accuracy.compute())}
+        mean_loss.reset()
+        accuracy.reset()
+        synchronize(device)
+        epoch_seconds.append(time.perf_counter() - epoch_start)
+    return Run(time.perf_counter() - start, epoch_seconds, final)
 
 
-def stage_commands(project: Path = ROOT) -> dict[str, str]:
-    """Each stage's command line, in dvc.yaml's order (an order in which each stage's inputs exist)."""
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    return {name: " ".join(str(stage["cmd"]).split()) for name, stage in stages.items()}
+def measure_ours(settings: FitSettings, split_dir: Path, repeats: int) -> dict:
+    """Per model, ``repeats`` of our fit and of the same steps in a plain loop (item 2's floor), interleaved so that
+    a busy moment hits both alike; in this process, the imports done, as the lab's are not timed either."""
+    fits = {}
+    for name, params in settings.params.items():
+        project, plain = [], []
+        for _ in range(repeats):
+            project.append(project_fit(name, settings, split_dir))
+            plain.append(plain_fit(name, settings, split_dir))
+            print(f"  {name} ours: fit {project[-1].seconds:.1f} s, plain loop {plain[-1].seconds:.1f} s", flush=True)
+        fits[name] = {"project": summarize_runs(project, params.epochs), "plain": summarize_runs(plain, params.epochs)}
+    return fits
 
 
-def stage_names() -> list[str]:
-    return list(stage_commands())
-
-
-def stage_argv(command: str) -> list[str]:
-    """A dvc.yaml command as argv for this interpreter (``python`` is whichever runs the bench)."""
-    argv = shlex.split(command)
-    return [sys.executable, *argv[1:]] if argv and argv[0] in ("python", "python3") else argv
-
-
-def fit_epoch_seconds(output: str) -> float | None:
-    """The seconds a training stage reports for its fit's epochs, or None if it prints no such line."""
-    found = FIT_LINE.findall(output)
-    return float(found[-1]) if found else None
-
-
-def stage_summary(stages: dict[str, dict]) -> dict:
-    """The stages' total, their fits' epochs and everything else ("non-training": None if a fit is unknown)."""
-    total = sum(stage["wall_s"] for stage in stages.values())
-    training = [name for name in stages if name.startswith("train_")]
-    fits = [stages[name]["fit_epochs_s"] for name in training]
-    fit_total = None if any(value is None for value in fits) else sum(fits)
-    return {
-        "stages_total_s": total,
-        "fit_epochs_total_s": fit_total,
-        "non_training_s": None if fit_total is None else total - fit_total,
-    }
-
-
-def stage_rows(stages: dict[str, dict]) -> list[list[str]]:
-    """A table row per stage: its wall time and, for a training stage, its fit's epochs."""
-    return [
-        [name, seconds(stage["wall_s"]), seconds(stage["fit_epochs_s"]) if name.startswith("train_") else "-"]
-        for name, stage in stages.items()
-    ]
-
-
-def stage_env(threads: int | None = None, extra_path: Sequence[Path] = ()) -> dict[str, str]:
-    """The environment `make` gives a stage; torch's threads fixed if asked; ``extra_path`` on PYTHONPATH."""
+def stage_env(extra_path: Sequence[Path] = ()) -> dict[str, str]:
+    """The environment `make` gives a stage, with ``extra_path`` first on PYTHONPATH."""
     env = venv_env() | {"PYTHONUNBUFFERED": "1"}  # output lines arrive when written
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join([*map(str, extra_path), *filter(None, [env.get("PYTHONPATH")])])
     return env
-
-
-def wall_seconds(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
-    """Wall seconds of a command and its output (stdout and stderr); a failure stops the bench."""
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"bench: {shlex.join(command)} failed ({result.returncode}) in {cwd}:\n{result.stdout}")
-    return seconds, result.stdout
-
-
-# The report -----------------------------------------------------------------------------------------
 
 
 def table(headers: Sequence[str], rows: list[Sequence[object]]) -> str:
@@ -240,23 +211,6 @@ def seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
-
-
-def divide(numerator: float | None, denominator: float | None) -> float | None:
-    return None if numerator is None or not denominator else numerator / denominator
-
-
-def use_local_mnist(project: Path, raw_dir: Path, accelerator: str, epochs: int | None) -> dict:
-    """Point ``project``'s params.yaml at ``raw_dir`` (a `dir:` source), ``accelerator`` and, if given, ``epochs``;
-    the params it wrote."""
-    params_file = project / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["download"]["sources"] = [f"dir:{raw_dir.resolve()}"]
-    params["trainer"]["accelerator"] = accelerator
-    for name in MODEL_NAMES:
-        if epochs is not None:
-            params[train_section(name)]["epochs"] = epochs
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    return params
+def ratio(numerator: float | None, denominator: float | None) -> str:
+    """``numerator / denominator`` as ``1.23x``; n/a where either is missing."""
+    return "n/a" if numerator is None or not denominator else f"{numerator / denominator:.2f}x"

@@ -1,15 +1,10 @@
-"""1. The lab's way: the lab's own code with the real ISLP 0.6.0, timed in a fresh process, next to ours.
+"""1. The lab's code against ours: the lab's own cells with the real ISLP 0.6.0 in a fresh process, and our fit().
 
-The lab (ISLP ch. 10, MNIST): torchvision's MNIST with ToTensor, ISLP's ``SimpleDataModule``
-(validation=0.2, a worker per usable CPU, batches of 256), ``SimpleModule.classification`` (ISLP's
-default optimizer: RMSprop with torch's defaults), and a ``Trainer(deterministic=True, max_epochs,
-logger=CSVLogger, callbacks=[ErrorTracker()])``; then ``trainer.fit`` and ``trainer.test`` for the
-MLP, then the same for the MLR on the same data module. Timed: the data module's set-up once,
-each ``Trainer`` + ``fit`` (each epoch too), each ``test``; not the imports.
-
-ISLP and the packages its import needs come from bench/requirements.txt, installed by `make bench`
-into bench/.deps, a folder only this module puts on sys.path. Run alone:
-``python -m bench.lab --models mlp mlr --epochs 1 --data-root data --json lab.json``.
+The lab (ISLP ch. 10, MNIST): torchvision's MNIST with ToTensor, ISLP's ``SimpleDataModule`` (validation 0.2, a
+worker per usable CPU, batches of 256), ``SimpleModule.classification`` and ``Trainer(deterministic=True,
+callbacks=[ErrorTracker()])``; ``fit`` and ``test`` for the MLP, then the MLR. Timed: the data module's set-up,
+each ``Trainer`` + ``fit`` (each epoch too), each ``test``; not the imports. ISLP comes from bench/.deps (`make
+bench`), which only this module puts on sys.path. Alone: ``python -m bench.lab --epochs 1 --json lab.json``.
 """
 
 import argparse
@@ -24,25 +19,12 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (
-    EpochClock,
-    Run,
-    divide,
-    extrapolate,
-    median,
-    ratio,
-    resolve_device,
-    seconds,
-    stage_env,
-    summarize_runs,
-    table,
-)
+from bench.common import EpochClock, Run, median, ratio, resolve_device, seconds, stage_env, summarize_runs, table
 from mnistlab.models import build_model
 from mnistlab.workspace import ROOT
 
 DEPS = Path(__file__).resolve().parent / ".deps"
 ISLP_VERSION = "0.6.0"
-LAB_SEED = 0  # the lab's seed_everything(0, workers=True)
 LOG_NAMES = {"mlp": "MNIST", "mlr": "MNIST_MLR"}  # the lab's CSVLogger('logs', name=...)
 
 
@@ -53,10 +35,8 @@ def import_islp() -> object:
         import ISLP
         import ISLP.torch
     except ImportError as error:
-        raise SystemExit(
-            f"bench: ISLP {ISLP_VERSION} for the lab's way is not installed in {DEPS} ({error}): run `make bench` "
-            "(it installs bench/requirements.txt there), or pass --skip-lab"
-        ) from None
+        message = f"bench: no ISLP {ISLP_VERSION} in {DEPS} ({error}): run `make bench`, or pass --skip-lab"
+        raise SystemExit(message) from None
     if ISLP.__version__ != ISLP_VERSION:
         raise SystemExit(f"bench: {DEPS} holds ISLP {ISLP.__version__}, not {ISLP_VERSION}: rerun `make bench`")
     return ISLP.torch
@@ -70,7 +50,7 @@ def run_lab(model_names: Sequence[str], epochs: int, data_root: Path) -> dict:
     from torchvision.datasets import MNIST
     from torchvision.transforms import ToTensor
 
-    seed_everything(LAB_SEED, workers=True)
+    seed_everything(0, workers=True)  # the lab's seed
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device("auto")  # the lab's Trainer leaves accelerator at "auto"
 
@@ -108,37 +88,29 @@ def run_lab(model_names: Sequence[str], epochs: int, data_root: Path) -> dict:
     return report
 
 
-def lab_process(model_names: Sequence[str], epochs: int, data_root: Path, threads: int | None) -> dict:
+def lab_process(model_names: Sequence[str], epochs: int, data_root: Path) -> dict:
     """One run of the lab in a fresh Python, as a notebook kernel would run it."""
     with tempfile.TemporaryDirectory(prefix="mnistlab-lab-") as scratch:
         report_path = Path(scratch) / "lab.json"
         command = [sys.executable, "-m", "bench.lab", "--models", *model_names, "--epochs", str(epochs)]
         command += ["--data-root", str(data_root.resolve()), "--json", str(report_path)]
-        env = stage_env(threads, extra_path=[ROOT])
-        result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
+        result = subprocess.run(command, cwd=scratch, env=stage_env([ROOT]), capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"bench: the lab's way failed ({result.returncode}):\n{result.stdout}{result.stderr}")
         return json.loads(report_path.read_text())
 
 
-def measure(model_names: Sequence[str], epochs: int, repeats: int, data_root: Path, threads: int | None) -> dict:
-    """``repeats`` runs of the lab's cells; medians per model: fit (per epoch, one epoch, set-up) and test."""
-    runs = []
-    for _ in range(repeats):
-        runs.append(lab_process(model_names, epochs, data_root, threads))
-        for name, figures in runs[-1]["models"].items():
-            print(
-                f"  {name} lab's way (ISLP): fit {figures['fit']['seconds']:.1f} s for {epochs} epoch(s), "
-                f"test {figures['test_s']:.1f} s, test accuracy {figures['test_accuracy']:.3f}",
-                flush=True,
-            )
+def measure(model_names: Sequence[str], epochs: int, repeats: int, data_root: Path) -> dict:
+    """``repeats`` runs of the lab's cells; medians per model: fit (per epoch, one epoch) and test."""
+    runs = [lab_process(model_names, epochs, data_root) for _ in range(repeats)]
     models = {}
     for name in model_names:
-        fits = [Run(**run["models"][name]["fit"]) for run in runs]
-        models[name] = summarize_runs(fits, epochs) | {
-            "test_s": median([run["models"][name]["test_s"] for run in runs]),
-            "test_accuracy": [run["models"][name]["test_accuracy"] for run in runs],
+        figures = [run["models"][name] for run in runs]
+        models[name] = summarize_runs([Run(**one["fit"]) for one in figures], epochs) | {
+            "test_s": median([one["test_s"] for one in figures]),
+            "test_accuracy": [one["test_accuracy"] for one in figures],
         }
+        print(f"  {name} lab's way (ISLP): fit {models[name]['fit_s']:.1f} s for {epochs} epoch(s)", flush=True)
     return {
         "islp": ISLP_VERSION,
         "epochs": epochs,
@@ -149,35 +121,18 @@ def measure(model_names: Sequence[str], epochs: int, repeats: int, data_root: Pa
     }
 
 
-def lab_seconds(lab: dict, epochs: dict[str, int]) -> float:
-    """The lab's data module, fits of ``epochs[model]`` epochs (extrapolated) and test steps, summed."""
-    return lab["data_s"] + sum(
-        extrapolate(lab["models"][name], count) + lab["models"][name]["test_s"] for name, count in epochs.items()
-    )
-
-
 def render(lab: dict | None, fits: dict, repeats: int) -> str:
     """Per model: the lab's fit and ours per epoch (the same epochs, the same steps), and the speed-up."""
     rows = []
     for name, figures in fits.items():
-        ours, theirs = figures["project"], (lab or {}).get("models", {}).get(name)
-        lab_figures = [theirs["per_epoch_s"], theirs["epoch_median_s"], theirs["test_s"]] if theirs else [None] * 3
-        rows.append(
-            [
-                name,
-                *map(seconds, lab_figures),
-                seconds(ours["per_epoch_s"]),
-                seconds(ours["fit_s"]),
-                ratio(divide(lab_figures[0], ours["per_epoch_s"])),
-            ]
-        )
+        ours, theirs = figures["project"], (lab or {}).get("models", {}).get(name, {})
+        lab_figures = [theirs.get(key) for key in ("per_epoch_s", "epoch_median_s", "test_s")]
+        row = [name, *map(seconds, lab_figures), seconds(ours["per_epoch_s"]), seconds(ours["fit_s"])]
+        rows.append([*row, ratio(lab_figures[0], ours["per_epoch_s"])])
     epochs = len(next(iter(fits.values()))["project"]["runs"][0]["epoch_seconds"])
-    how = (
-        f"ISLP {lab['islp']}, {lab['num_workers']} loader workers, data module {lab['data_s']:.2f} s, "
-        f"{lab['repeats']} run(s)"
-        if lab
-        else "skipped"
-    )
+    how = "skipped"
+    if lab:
+        how = f"ISLP {lab['islp']}, {lab['num_workers']} loader workers, data module {lab['data_s']:.2f} s"
     return (
         f"1. The lab's way (a: the lab's code, real ISLP; {how}) vs ours (b: mnistlab fit(), median of {repeats}):"
         f" {epochs} epoch(s), same steps; s/epoch = fit wall / epochs (Trainer set-up included, imports not)\n"

@@ -1,8 +1,5 @@
-"""A stand-in for torchinfo where it is not installed, put on the stages' PYTHONPATH by bench/stage_times.py.
-
-The machine ``make bench-gpu`` is for may lack torchinfo; the training stages print and save its
-summary before they fit (milliseconds). This gives them the network's repr instead, so that their
-times can still be taken. Nothing else uses it.
+"""torchinfo's ``summary`` where torchinfo is not installed (`make bench-gpu`'s machine may lack it): the training
+stages print and save a summary before they fit; this gives them the network's repr, so that they still run.
 """
 
 from torch import nn
