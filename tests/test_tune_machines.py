@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.conftest import clone, copy_built, dvc, git, share
 from tests.test_browser import VENDOR
 
 pytestmark = pytest.mark.slow
-TRIALS = 5
+TRIALS = 4
 GRACE_S = 8  # --grace-period: a heartbeat every 2 s
 SPACE = {"seed": 0, "pruning": None, "train_mlr": {"learning_rate": {"low": 0.0005, "high": 0.005, "log": True}}}
 
@@ -100,7 +101,7 @@ def test_two_machines_share_one_postgresql_study_and_a_dead_one_s_trial_fails_by
         time.sleep(0.5)
     assert kill_machine(machine_a)  # mid-trial: its tuner, its worker and the experiment's processes
     a.wait(timeout=30)
-    killed_at = time.monotonic()
+    killed_at = datetime.now()  # Optuna's clock: naive local time
 
     b_text = "".join(b_out) + b.communicate(timeout=1200)[0]
     took = time.monotonic() - started
@@ -123,15 +124,15 @@ def test_two_machines_share_one_postgresql_study_and_a_dead_one_s_trial_fails_by
     dead = [t for t in trials if t.state == fail]
     assert [t.user_attrs["experiment"] for t in dead] == [doomed], dead  # only the dead machine's running trial
     assert f"{doomed}: failed: no heartbeat from " in b_text  # failed by machine B, through the heartbeat
-    waited = (dead[0].datetime_complete - dead[0].datetime_start).total_seconds()
-    print(f"the dead machine's trial was failed {waited:.0f} s after it started ({GRACE_S} s grace)")
-    assert time.monotonic() - killed_at < 1200
+    waited = (dead[0].datetime_complete - killed_at).total_seconds()
+    print(f"the dead machine's trial was failed {waited:.1f} s after the kill ({GRACE_S} s grace)")
+    assert GRACE_S - 2 < waited < 300  # after the grace period (the last beat may precede the kill by 2 s)
 
     # machine A comes back: the same command finds the study finished, and both name the same best trial
     a_again = tune(machine_a, postgres_url)
     a_text = a_again.communicate(timeout=300)[0]
     assert a_again.returncode == 0, a_text
-    assert "study tune-mlr: 5 trials, 4 complete, 0 pruned, 1 failed" in a_text and "queued" not in a_text
+    assert "study tune-mlr: 4 trials, 3 complete, 0 pruned, 1 failed" in a_text and "queued" not in a_text
     assert best_line(a_text) == best_line(b_text)
     best = max((t for t in trials if t.state == complete), key=lambda t: (t.value, -t.number))
     assert best_line(b_text) == f"best trial (validation accuracy): {best.user_attrs['experiment']}"
