@@ -126,7 +126,7 @@ def test_without_postgresql_a_test_skips_but_fails_in_ci(ci: str | None, outcome
 
 
 @pytest.mark.slow  # a new database and three processes
-def test_machines_that_open_an_empty_database_at_once_all_get_the_study(postgres_url: str) -> None:
+def test_machines_that_open_an_empty_database_at_once_all_get_the_study(postgres_url: str, tmp_path) -> None:
     """The first open of a database creates Optuna's tables; machines starting together race to create them
     (PostgreSQL: duplicate key on pg_type). mnistlab.study opens it again, and each machine gets the study."""
     import subprocess
@@ -139,9 +139,13 @@ def test_machines_that_open_an_empty_database_at_once_all_get_the_study(postgres
         connection.execute(sqlalchemy.text("CREATE DATABASE race"))
     engine.dispose()
     url = postgres_url.rsplit("/", 1)[0] + "/race"
+    go = tmp_path / "go"  # each process imports first, then all open the database at once
     script = (
-        "import sys; from mnistlab.space import parse_space; from mnistlab.study import open_storage, open_study; "
+        "import os, sys, time; from mnistlab.space import parse_space; "
+        "from mnistlab.study import open_storage, open_study; "
         "space = parse_space({'train_mlr': {'epochs': {'low': 1, 'high': 3}}}, 'mlr'); "
+        f"open({str(tmp_path)!r} + '/ready-' + sys.argv[1][:2], 'w').close(); "
+        f"[time.sleep(0.01) for _ in iter(lambda: os.path.exists({str(go)!r}), True)]; "
         f"open_study('tune-mlr', open_storage({url!r}, 8), space, sys.argv[1], shared=True); print('opened')"
     )
     starts = [
@@ -152,9 +156,14 @@ def test_machines_that_open_an_empty_database_at_once_all_get_the_study(postgres
             stderr=subprocess.PIPE,
             text=True,
         )
-        for n in range(3)
+        for n in range(4)
     ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 4:  # their imports done
+        assert time.monotonic() < deadline and all(process.poll() is None for process in starts)
+        time.sleep(0.05)
+    go.touch()
     results = [process.communicate(timeout=120) for process in starts]
-    assert [process.returncode for process in starts] == [0, 0, 0], results
-    assert [out for out, _ in results] == ["opened\n"] * 3
+    assert [process.returncode for process in starts] == [0] * 4, results
+    assert [out for out, _ in results] == ["opened\n"] * 4
     assert len(optuna.get_all_study_names(url)) == 1
