@@ -104,8 +104,7 @@ class Tuner:
         self, study: Any, storage: Any, space: Space, jobs: int, root: Path, stall_timeout_s: float = 900.0
     ) -> None:
         self.study, self.storage, self.space, self.jobs, self.root = study, storage, space, jobs, root
-        shared = hasattr(storage, "record_heartbeat")  # a database: other machines may use it too
-        self.shared = shared  # a database other machines may use too
+        self.shared = hasattr(storage, "record_heartbeat")  # a database: other machines may use it too
         self.stall_timeout_s = stall_timeout_s
         self.owner = owner_of(root)
         self.active: dict[int, Active] = {}
@@ -203,10 +202,8 @@ class Tuner:
         print(f"{active.name}: queued {' '.join(options[1::2])}", flush=True)
 
     def ask(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # "Heartbeat of storage is supposed to be used with Study.optimize": ours beats
+        with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": ours beats
+            warnings.simplefilter("ignore")
             trial = self.study.ask(self.space.distributions)
         name = trial_name(self.study.study_name, trial.number)
         active = Active(trial, self.trial_id(trial.number), name, dict(trial.params))
