@@ -201,10 +201,11 @@ class Imported:
 PROBE = """import json, os, sys
 import {entry}
 modules = sorted(sys.modules)
+variable = os.environ.get("ATEN_CPU_CAPABILITY")
 import torch
+capability = torch.backends.cpu.get_cpu_capability()  # before mnistlab, which sets the variable, is imported here
 from mnistlab.machine import mkl_mode
-capability = torch.backends.cpu.get_cpu_capability()
-print(json.dumps([modules, mkl_mode(), os.environ.get("ATEN_CPU_CAPABILITY"), capability]))
+print(json.dumps([modules, mkl_mode(), variable, capability]))
 """
 
 
