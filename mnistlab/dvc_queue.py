@@ -271,12 +271,17 @@ def stuck_tasks(root: Path) -> list[Message]:
     ]
 
 
-def kill_and_remove(task: str, cwd: Path | None = None) -> str:
+def kill_and_remove(task: str, cwd: Path | None = None) -> str | None:
     """DVC's remedy for a stuck or stalled task (treeverse/dvc#8461), given its name or task id: `dvc queue kill`
     marks it failed, `dvc queue remove` drops it (twice where its stash entry was never dropped). What DVC
-    said, in one line. Killing a trial stops its queue worker too: start the workers again after it."""
+    said, in one line; None where DVC refused the kill because a live worker still has the task (it is being
+    set up: not stuck), and nothing was removed. Killing a trial stops its queue worker too: start the
+    workers again after it."""
     root = cwd or Path.cwd()
-    said = [dvc("queue", "kill", task, check=False, cwd=cwd)]
+    killed = dvc("queue", "kill", task, check=False, cwd=cwd)
+    if killed.returncode != 0:
+        return None
+    said = [killed]
     for _ in range(2):
         said.append(dvc("queue", "remove", task, check=False, cwd=cwd))
         if not any(task in (message.task, message.name) for message in messages(root, "processed")):

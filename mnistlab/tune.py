@@ -164,6 +164,8 @@ class Tuner:
             stuck = queue.stuck_tasks(self.root)
             for message in (m for m in stuck if m.task in suspects):
                 said = queue.kill_and_remove(message.task, cwd=self.root)
+                if said is None:
+                    continue  # a live worker still sets it up: DVC refused the kill
                 name = message.name or message.task[:7]
                 print(
                     f"{name}: stuck in DVC's queue (task {message.task[:7]} active, no executor record): "
@@ -284,6 +286,9 @@ class Tuner:
             elif now - active.progress_at > self.stall_timeout_s:
                 process = "its process alive" if task and queue.alive(task.pid) else "no live process"
                 said = queue.kill_and_remove(active.name, cwd=self.root)
+                if said is None:  # DVC refused: a live worker still sets it up; look again after another timeout
+                    active.progress_at = now
+                    continue
                 self.restart_workers = True
                 stalled = f"no progress for {self.stall_timeout_s:.0f} s ({process})"
                 print(f"{active.name}: {stalled}: killed and removed ({said})", flush=True)

@@ -44,15 +44,18 @@ from mnistlab.workspace import venv_env
 EXPS = Path(".dvc/tmp/exps")
 
 # DVC's own queue worker, as `dvc queue start` spawns worker 1 (LocalCeleryQueue._spawn_worker, celery.py:120-144),
-# but dying (SIGKILL) when its task's setup begins: after kombu moved the message to broker/processed/, before
+# but stopping where its task's setup begins: after kombu moved the message to broker/processed/, before
 # BaseStashQueue.init_executor drops the stash entry and TempDirExecutor.init_git writes run/<task>/<task>.run.
+# There it dies (SIGKILL: the task is stuck), or, given "hold", waits (a live worker setting the task up).
 CRASHING_WORKER = """
-import hashlib, os, signal, sys
+import hashlib, os, signal, sys, time
 from dvc.cli import main
 from dvc.repo import Repo
 from dvc.repo.experiments.queue.base import BaseStashQueue
 
 def die(*args, **kwargs):
+    if sys.argv[1:] == ["hold"]:
+        time.sleep(3600)
     os.kill(os.getpid(), signal.SIGKILL)
 
 BaseStashQueue.init_executor = classmethod(die)
@@ -73,22 +76,24 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
-def make_stuck_task(project: Path, name: str, *set_params: str, timeout_s: float = 120) -> str:
-    """Queue experiment ``name`` in ``project`` (a git repository with DVC and a pipeline) with
-    ``dvc exp run --queue -n NAME -S P ...`` (``set_params``: ``key=value`` strings), and leave it stuck: listed by
-    DVC as running, with no executor record. Returns its DVC task id (the stash entry's 40 hex digits, the
-    folder name under ``run/``).
-
-    Nothing else may be queued or running in the project: the worker takes the oldest queued message (kombu's
-    file names sort by time), and ``dvc exp queue-worker`` does nothing while DVC's worker 1 answers a ping.
-    """
+def queue_one(project: Path, name: str, *set_params: str) -> str:
+    """``dvc exp run --queue -n NAME -S P ...`` (``set_params``: ``key=value`` strings) in a project with nothing
+    else queued (a worker takes the oldest message: kombu's file names sort by time); its task id."""
     if messages(project, "in"):
         raise ValueError(f"{project}: other experiments are queued; the worker would take the oldest")
     options = [part for param in set_params for part in ("-S", param)]
     dvc(project, "exp", "run", "--queue", "-n", name, *options)
     queued, *_ = messages(project, "in")
     assert queued.name == name, (queued, name)
-    task = queued.task
+    return queued.task
+
+
+def make_stuck_task(project: Path, name: str, *set_params: str, timeout_s: float = 120) -> str:
+    """Queue experiment ``name`` in ``project`` (a git repository with DVC and a pipeline) and leave it stuck: listed
+    by DVC as running, with no executor record. Returns its DVC task id (the stash entry's 40 hex digits, the
+    folder name under ``run/``). Nothing else may be queued or running in the project (``dvc exp queue-worker``
+    does nothing while DVC's worker 1 answers a ping)."""
+    task = queue_one(project, name, *set_params)
     worker = subprocess.run(
         [sys.executable, "-c", CRASHING_WORKER],
         cwd=project,
@@ -102,6 +107,29 @@ def make_stuck_task(project: Path, name: str, *set_params: str, timeout_s: float
     if (task, name) not in [(m.task, m.name) for m in stuck_tasks(project)]:
         raise RuntimeError(f"{name} ({task}) is not stuck: {stuck_tasks(project)}")
     return task
+
+
+def hold_task(project: Path, name: str, *set_params: str, timeout_s: float = 120) -> tuple[str, subprocess.Popen]:
+    """Queue experiment ``name`` and have a live worker take it and stop in its setup: from DVC's files alone it
+    looks stuck (active, no executor record), but a worker has it. The task id and that worker (kill it to make
+    the task stuck for real)."""
+    import time
+
+    task = queue_one(project, name, *set_params)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WORKER, "hold"],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout_s
+    while task not in [m.task for m in stuck_tasks(project)]:
+        if time.monotonic() > deadline or worker.poll() is not None:
+            worker.kill()
+            raise RuntimeError(f"no worker took {name} ({task}): {worker.returncode}")
+        time.sleep(0.2)
+    return task, worker
 
 
 def missing_record(project: Path) -> str | None:

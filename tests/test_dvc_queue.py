@@ -10,7 +10,7 @@ import pytest
 
 from mnistlab import dvc_queue
 from mnistlab.dvc_queue import LayoutError, check_layout, kill_and_remove, messages, start_workers, stuck_tasks
-from tests.stuck_task import make_stuck_task, missing_record, tiny_project
+from tests.stuck_task import hold_task, missing_record, tiny_project
 
 pytestmark = pytest.mark.slow  # DVC processes: seconds each
 
@@ -58,11 +58,21 @@ def test_a_changed_layout_fails_naming_the_file(tmp_path: Path) -> None:
         messages(tmp_path, "in")
 
 
-def test_a_stuck_task_is_found_and_dvc_s_remedy_clears_it(tmp_path: Path) -> None:
+def test_a_task_a_live_worker_sets_up_is_left_alone_and_once_stuck_dvc_s_remedy_clears_it(tmp_path: Path) -> None:
+    """From DVC's files alone, a task a live worker is still setting up looks stuck: DVC refuses to kill it (the
+    worker says it has it), and nothing is removed. Once that worker is gone the task is stuck for real: every
+    `dvc exp show` fails, and DVC's remedy clears it."""
     project = tiny_project(tmp_path)
-    task = make_stuck_task(project, "stuck", "p=1")
-    assert [(m.task, m.name) for m in stuck_tasks(project)] == [(task, "stuck")]
+    task, worker = hold_task(project, "held", "p=1")
+    try:
+        assert [(m.task, m.name) for m in stuck_tasks(project)] == [(task, "held")]
+        assert kill_and_remove(task, cwd=project) is None  # DVC: "Task ... is initializing"
+        assert [m.task for m in messages(project, "processed")] == [task]  # nothing removed
+    finally:
+        worker.kill()
+        worker.wait()
+    assert [(m.task, m.name) for m in stuck_tasks(project)] == [(task, "held")]
     assert missing_record(project).endswith(f"run/{task}/{task}.run")  # every `dvc exp show` fails
-    kill_and_remove(task, cwd=project)
+    assert kill_and_remove(task, cwd=project)
     assert stuck_tasks(project) == [] and messages(project, "processed") == []
     assert missing_record(project) is None  # `dvc exp show` works again
