@@ -227,6 +227,8 @@ def messages(root: Path, folder: str) -> list[Message]:
     args[0])`` (``LocalCeleryQueue._iter_processed``)."""
     found = []
     for path in sorted((root / EXPS_DIR / "celery" / "broker" / folder).glob("*.msg")):
+        if "pidbox" in path.name:
+            continue  # celery's control messages (each `dvc queue status` leaves some): not read
         try:
             message = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -109,6 +109,7 @@ class Tuner:
         self.owner = owner_of(root)
         self.active: dict[int, Active] = {}
         self.restart_workers = True  # workers may be gone (a reboot, a killed trial): start them on the next look
+        self.suspects: set[str] = set()  # tasks that looked stuck on the last look
 
     # --- the study -----------------------------------------------------------------------------
 
@@ -149,32 +150,36 @@ class Tuner:
 
     # --- DVC -----------------------------------------------------------------------------------
 
+    def clear_stuck(self) -> None:
+        """DVC's remedy for each stuck task seen on two looks in a row: one DVC lists as active with no executor
+        record (its worker took it and stopped), which no worker will run and which makes every `dvc exp show`
+        fail (:mod:`mnistlab.dvc_queue`). DVC refuses the kill while a live worker still sets a task up; then
+        nothing is done. The trial it was is failed."""
+        stuck = queue.stuck_tasks(self.root)
+        for message in (m for m in stuck if m.task in self.suspects):
+            said = queue.kill_and_remove(message.task, cwd=self.root)
+            if said is None:
+                continue
+            name = message.name or message.task[:7]
+            print(
+                f"{name}: stuck in DVC's queue (task {message.task[:7]} active, no executor record): "
+                f"dvc queue kill, dvc queue remove: {said}",
+                flush=True,
+            )
+            self.fail(name, "stuck in DVC's queue")
+            self.restart_workers = True
+        self.suspects = {m.task for m in stuck}
+
     def recovering(self, read: Callable[[], Any], attempts: int = 6) -> Any:
-        """``read()`` (a DVC command), asked again while it fails (DVC's queue mid-change), and after DVC's
-        remedy for a stuck task: one DVC lists as active with no executor record, which makes every
-        `dvc exp show` fail until it is killed and removed (:mod:`mnistlab.dvc_queue`). A task is stuck when
-        it still is a look later (a live worker's task looks so for a moment). Its trial is failed."""
-        suspects: set[str] = set()
+        """``read()`` (a DVC command), asked again while it fails (DVC's queue mid-change, or a stuck task, which
+        is cleared on the next look)."""
         for attempt in range(attempts):
             try:
                 return read()
             except PipelineError:
                 if attempt == attempts - 1:
                     raise
-            stuck = queue.stuck_tasks(self.root)
-            for message in (m for m in stuck if m.task in suspects):
-                said = queue.kill_and_remove(message.task, cwd=self.root)
-                if said is None:
-                    continue  # a live worker still sets it up: DVC refused the kill
-                name = message.name or message.task[:7]
-                print(
-                    f"{name}: stuck in DVC's queue (task {message.task[:7]} active, no executor record): "
-                    f"dvc queue kill, dvc queue remove: {said}",
-                    flush=True,
-                )
-                self.fail(name, "stuck in DVC's queue")
-                self.restart_workers = True
-            suspects = {m.task for m in stuck}
+            self.clear_stuck()
             time.sleep(RETRY_S)
         raise AssertionError("unreachable")
 
@@ -270,9 +275,10 @@ class Tuner:
             del self.active[number]
 
     def watch(self) -> None:
-        """Report each running trial's new epochs to the pruner, stop those it prunes (`dvc queue kill`), and
-        kill and fail those that showed no progress (no new epoch, no new line in their log) for the stall
-        timeout."""
+        """Clear stuck tasks; report each running trial's new epochs to the pruner, stop those it prunes
+        (`dvc queue kill`), and kill and fail those that showed no progress (no new epoch, no new line in their
+        log) for the stall timeout."""
+        self.clear_stuck()
         tasks = queue.tasks(self.root)
         now = time.monotonic()
         section = train_section(self.space.model)
