@@ -390,12 +390,14 @@ def main(argv: Sequence[str]) -> int:
         try:
             shown = tag_trials(read_runs(show(*(["--rev", args.rev] if args.rev else []))))
         except ExpShowError as error:
-            stuck = dvc_queue.stuck_tasks(Path.cwd(), error.stderr)
+            stuck = [message.task[:7] for message in dvc_queue.stuck_tasks(Path.cwd())]
             if not stuck:
                 raise
-            remedy = " && ".join(f"dvc queue kill {task[:7]} && dvc queue remove {task[:7]}" for task in stuck)
+            remedy = "; ".join(
+                f"dvc queue kill {task}, then dvc queue remove {task} (twice if still listed)" for task in stuck
+            )
             raise DataError(
-                f"{error}: DVC's queue holds a stuck task (active, no record); DVC's remedy: {remedy}"
+                f"{error}: DVC's queue holds a stuck task (active, no executor record); DVC's remedy: {remedy}"
             ) from None
         from mnistlab.data import load_split  # torch: only once the experiments are known
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistlab import dvc_queue
+from mnistlab import dvc_queue, experiments, report
 from mnistlab.dvc_queue import LayoutError, check_layout, kill_and_remove, messages, start_workers, stuck_tasks
 from tests.stuck_task import hold_task, missing_record, tiny_project
 
@@ -58,7 +58,9 @@ def test_a_changed_layout_fails_naming_the_file(tmp_path: Path) -> None:
         messages(tmp_path, "in")
 
 
-def test_a_task_a_live_worker_sets_up_is_left_alone_and_once_stuck_dvc_s_remedy_clears_it(tmp_path: Path) -> None:
+def test_a_task_a_live_worker_sets_up_is_left_alone_and_once_stuck_dvc_s_remedy_clears_it(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     """From DVC's files alone, a task a live worker is still setting up looks stuck: DVC refuses to kill it (the
     worker says it has it), and nothing is removed. Once that worker is gone the task is stuck for real: every
     `dvc exp show` fails, and DVC's remedy clears it."""
@@ -73,6 +75,12 @@ def test_a_task_a_live_worker_sets_up_is_left_alone_and_once_stuck_dvc_s_remedy_
         worker.wait()
     assert [(m.task, m.name) for m in stuck_tasks(project)] == [(task, "held")]
     assert missing_record(project).endswith(f"run/{task}/{task}.run")  # every `dvc exp show` fails
+    monkeypatch.chdir(project)  # `make report` there: it tries as the tuner does, then names DVC's remedy
+    monkeypatch.setattr(experiments, "RETRY_S", 0.1)
+    assert report.main(["reports/experiments.html"]) == 1
+    said = capsys.readouterr().err
+    assert said.startswith("error: dvc exp show failed: ") and said.count("\n") == 1, said
+    assert f"DVC's remedy: dvc queue kill {task[:7]}, then dvc queue remove {task[:7]} (twice if still listed)" in said
     assert kill_and_remove(task, cwd=project)
     assert stuck_tasks(project) == [] and messages(project, "processed") == []
     assert missing_record(project) is None  # `dvc exp show` works again
