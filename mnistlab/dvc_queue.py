@@ -50,6 +50,7 @@ from mnistlab.errors import PipelineError
 from mnistlab.workspace import venv_env
 
 READ_FROM = "3.67.1"  # the DVC version whose code the layouts above were read from
+TIMEOUT_S = 300.0  # the longest a DVC command of the tuner may take (`dvc exp show` takes seconds)
 EXPS_DIR = Path(".dvc/tmp/exps")
 RUN_DIR = EXPS_DIR / "run"
 # ``TaskStatus`` (dvc/repo/experiments/executor/base.py) by name, so that a renumbering fails check_layout
@@ -193,11 +194,22 @@ def queue_states(status_output: str) -> dict[str, str]:
     return states
 
 
-def dvc(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """A DVC command in the project; a failure is a DvcError with DVC's own message."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=venv_env()
-    )
+def dvc(
+    *args: str, check: bool = True, cwd: Path | None = None, timeout_s: float | None = TIMEOUT_S
+) -> subprocess.CompletedProcess:
+    """A DVC command in the project; a failure is a DvcError with DVC's own message. One that has not ended after
+    ``timeout_s`` is killed and is a DvcError too: a DVC process has been seen to wait on a lock for ever."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=venv_env(),
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        raise DvcError(f"dvc {' '.join(args[:3])} ... did not end in {timeout_s:.0f} s: killed") from None
     if check and result.returncode != 0:
         message = (result.stderr.strip() or result.stdout.strip()).splitlines() or ["(no output)"]
         raise DvcError(f"dvc {' '.join(args[:3])} ... failed: {message[-1]}", result.stderr)

@@ -36,6 +36,7 @@ from mnistlab.workspace import venv_env
 STATES = ("queued", "running", "failed", "success")
 STUDY_TRAILER, TRIAL_TRAILER = "Tuning-Study", "Tuning-Trial"
 RETRY_S = 5.0  # between two tries of `dvc exp show` while DVC's queue is mid-change
+TIMEOUT_S = 300.0  # one try of `dvc exp show` (it takes seconds) before it is killed and tried again
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,10 @@ def show(*args: str, cwd: Path | None = None, attempts: int = 6) -> list[dict]:
     """
     command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *args]
     for attempt in range(attempts):
-        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=venv_env())
+        try:
+            result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=venv_env(), timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # a DVC process has been seen to wait on a lock for ever
+            result = subprocess.CompletedProcess(command, -9, "", f"did not end in {TIMEOUT_S:.0f} s: killed")
         if result.returncode == 0:
             return json.loads(result.stdout)
         if attempt < attempts - 1:

@@ -404,7 +404,7 @@ def push(study: Any, owner: str, remote: str, root: Path) -> str:
     names = [t.user_attrs["experiment"] for t in ours if "experiment" in t.user_attrs]
     if not names:
         return f"push: no complete trial of this machine to push to {remote}"
-    queue.dvc("exp", "push", remote, *names, cwd=root)
+    queue.dvc("exp", "push", remote, *names, cwd=root, timeout_s=None)  # a network transfer: as long as it takes
     return f"push: {len(names)} experiments to {remote} (dvc exp push {remote}): {', '.join(names)}"
 
 

@@ -506,3 +506,22 @@ def test_a_stuck_dvc_task_is_killed_removed_and_failed_and_a_pruned_trial_is_nev
     assert "tune-mlr-002" not in shown or shown["tune-mlr-002"].state == "failed"
     assert "tune-mlr-000" not in shown
     assert "best trial (validation accuracy): tune-mlr-001" in output
+
+
+def test_a_dvc_command_that_never_ends_is_killed_and_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    """A `dvc exp show` was seen waiting on a lock for ever: the tuner's DVC commands end by a timeout, as a failure
+    its loop tries again."""
+    from mnistlab import dvc_queue, experiments
+    from mnistlab.errors import PipelineError
+
+    hang = tmp_path / "python"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(dvc_queue.sys, "executable", str(hang))
+    started = time.monotonic()
+    with pytest.raises(dvc_queue.DvcError, match=r"dvc queue status \.\.\. did not end in 1 s: killed"):
+        dvc_queue.dvc("queue", "status", timeout_s=1)
+    monkeypatch.setattr(experiments, "TIMEOUT_S", 1)
+    with pytest.raises(PipelineError, match="dvc exp show failed: did not end in 1 s: killed"):
+        experiments.show(attempts=1)
+    assert time.monotonic() - started < 10
