@@ -51,7 +51,7 @@ report: $(STAMP) ## every experiment of HEAD on one offline page: reports/experi
 	@$(MAKE) --no-print-directory $(VEGA)
 	$(PYTHON) -m mnistlab.report reports/experiments.html $(if $(SORT),--sort-by $(SORT)) $(if $(REV),--rev $(REV))
 
-tune: $(STAMP) ## search params, each trial a DVC experiment: make tune [MODEL=mlr] [TRIALS=12] [JOBS=2] [STUDY=name] [STORAGE=url] [PUSH=origin]
+tune: $(STAMP) ## each trial a DVC experiment: [MODEL=mlr] [TRIALS=12] [JOBS=2] [STUDY=] [STORAGE=url] [PUSH=origin]
 	$(PYTHON) -m mnistlab.tune --model $(MODEL) --trials $(TRIALS) --jobs $(JOBS) $(if $(STUDY),--study $(STUDY)) \
 	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(PUSH),--push $(PUSH))
 
