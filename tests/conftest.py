@@ -102,6 +102,14 @@ def clone(origin: Path, target: Path) -> Path:
     return target
 
 
+def make_report(project: Path) -> str:
+    """`make report`'s command in ``project``: the HTML of reports/experiments.html (a failure shows its error)."""
+    command = [sys.executable, "-m", "mnistlab.report", "reports/experiments.html"]
+    result = subprocess.run(command, cwd=project, env=venv_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return (project / "reports" / "experiments.html").read_text()
+
+
 def copy_built(source: Path, destination: Path) -> Path:
     """A copy of a built project that changes nothing in ``source``: its files and git history copied,
     its DVC cache hard-linked (DVC adds a cache file by renaming a new one into place, never by rewriting one)."""

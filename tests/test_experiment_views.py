@@ -25,7 +25,7 @@ from torchvision.io import read_image
 from mnistlab.dvc_queue import start_workers
 from mnistlab.experiments import Run, flatten, trial_message
 from mnistlab.workspace import venv_env
-from tests.conftest import TrainedProject, clone, copy_built, dvc, git, share
+from tests.conftest import TrainedProject, clone, copy_built, dvc, git, make_report, share
 from tests.test_browser import ARTIFACTS, VENDOR, chromium, open_page  # noqa: F401 (chromium: a fixture)
 from tests.test_experiments import accuracy, experiments, ran, section, wait_for_queue
 
@@ -314,16 +314,8 @@ def test_make_report_draws_every_chart_offline(
     dvc(swept, "exp", "rename", second, "tune-mlr-002")
     for number in (0, 2):
         tag_as_trial(swept, "tune-mlr", number)
-    out = subprocess.run(
-        [sys.executable, "-m", "mnistlab.report", "reports/experiments.html"],
-        cwd=swept,
-        env=venv_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    html = make_report(swept)
     page = swept / "reports" / "experiments.html"
-    html = page.read_text()
     markup = re.sub(r"<script>.*?</script>", "", html, flags=re.DOTALL)  # outside the inlined scripts:
     assert "<script>" in html and not re.search(r"\b(src|href)=\"(?!data:)", markup)  # nothing to fetch
     shown = experiments(swept)

@@ -18,7 +18,7 @@ import yaml
 from mnistlab.dvc_queue import executor_records, running_status
 from mnistlab.experiments import best_on_validation, read_runs, show, tag_trials
 from mnistlab.workspace import venv_env
-from tests.conftest import clone, copy_built, dvc, git, share
+from tests.conftest import clone, copy_built, dvc, git, make_report, share
 from tests.test_browser import VENDOR
 
 pytestmark = pytest.mark.slow
@@ -146,15 +146,7 @@ def test_two_machines_share_one_postgresql_study_and_a_dead_one_s_trial_fails_by
     dvc(third, "exp", "pull", "origin")
     dvc(third, "pull", "data/split")  # the test images the report shows
     shutil.copytree(VENDOR, third / "html" / "vendor")  # git-ignored, as in a clone after `make`
-    report = subprocess.run(
-        [sys.executable, "-m", "mnistlab.report", "reports/experiments.html"],
-        cwd=third,
-        env=venv_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert report.returncode == 0, report.stderr
-    html = (third / "reports/experiments.html").read_text()
+    html = make_report(third)
     for trial in trials:
         if trial.state == complete:
             assert trial.user_attrs["experiment"] in html
