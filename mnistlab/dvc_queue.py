@@ -23,7 +23,9 @@ of DVC no longer writes what is read here (a test runs it on a real queued exper
 ``celery/broker/processed/*.msg``       the same, once a worker took it
 ``celery/result/celery-task-meta-<id>`` a task's result, JSON: ``status``; none while it runs;
                                         ``celery/backends/filesystem.py``
-``celery/dvc-exp-worker-<n>.json``      a queue worker's process, as ``<task>.json``
+``celery/dvc-exp-worker-<n>.json``      a queue worker's process, as ``<task>.json``; an idle worker
+                                        stops at its next 10 s look at an empty queue
+                                        (``dvc_task/worker/temporary.py``, ``monitor``)
 ======================================  ==============================================================
 
 ``<task>`` is DVC's task id: the 40 hex digits of the experiment's stash entry, whose first 7 are
@@ -137,6 +139,24 @@ def alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def live_workers(root: Path) -> int:
+    """DVC's queue workers alive in ``root`` (``celery/dvc-exp-worker-<n>.json``: no returncode, the process there)."""
+    count = 0
+    for record in (root / EXPS_DIR / "celery").glob("dvc-exp-worker-*.json"):
+        try:
+            process = json.loads(record.read_text())
+        except (OSError, ValueError):
+            count += 1  # being written: a worker starting
+            continue
+        count += process.get("returncode") is None and alive(process.get("pid"))
+    return count
+
+
+def running_tasks(root: Path) -> int:
+    """The queue's tasks whose `dvc exp exec-run` process is alive."""
+    return sum(alive(task.pid) for task in tasks(root).values())
 
 
 def log_size(task: Task) -> int:

@@ -313,6 +313,14 @@ class Tuner:
             self.restart_workers = True  # the kill reaches the trial's worker too: it shuts down
             print(f"{active.name}: pruning after {active.reported} epochs: {accuracies[-1]:.4f}", flush=True)
 
+    def idle_workers_gone(self, timeout_s: float = 15.0) -> None:
+        """Wait (at most ``timeout_s``) until no DVC queue worker here is idle. An idle worker stops at its next look
+        at an empty queue, every 10 s, and one that is stopping can take a message queued then and drop it: the
+        trial would be stuck. Queued once the idle ones are gone, a trial goes to a worker started for it."""
+        deadline = time.monotonic() + timeout_s
+        while queue.live_workers(self.root) > queue.running_tasks(self.root) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
     def asked(self) -> int:
         """Trials finished or running anywhere: what counts against ``--trials`` before asking for another."""
         from optuna.trial import TrialState
@@ -326,6 +334,7 @@ class Tuner:
         asked = time.monotonic()
         while len(self.finished()) < trials or self.active:
             while len(self.active) < self.jobs and self.asked() < trials:
+                self.idle_workers_gone()
                 self.ask()
                 self.restart_workers = True
             if self.restart_workers and self.active:
