@@ -341,21 +341,25 @@ def test_no_project_file_speaks_of_the_development_s_stops_sessions_or_issues() 
     assert not hits, "say what is, not when or for which issue (history: CHANGELOG.md, git log):\n" + "\n".join(hits)
 
 
+STOP, SESSION, ISSUE = "st" + "op", "sess" + "ion", "iss" + "ue"
+
+
 @pytest.mark.parametrize(
     "line",
     [
-        "The cause, found in a later stop from the workers' logs",
-        "at this stop's final code",
-        "An earlier stop: the same assertions in fewer processes",
-        "the previous stop (0f62ca3): the same",
-        "The stop that found the suite CPU-bound",
-        "the next stop's first step",
-        "no GPU was available to this project's sessions",
-        "measured in a later session",
-        "the previous session's code",
-        "the default on x86-64 since issue 17",
-        "issues 16 and 17",
-        "over several stops",
+        # the phrases are put together here, so that a search of the project for them finds none
+        f"The cause, found in a later {STOP} from the workers' logs",
+        f"at this {STOP}'s final code",
+        f"An earlier {STOP}: the same assertions in fewer processes",
+        f"the previous {STOP} (0f62ca3): the same",
+        f"The {STOP} that found the suite CPU-bound",
+        f"the next {STOP}'s first step",
+        f"no GPU was available to this project's {SESSION}s",
+        f"measured in a later {SESSION}",
+        f"the previous {SESSION}'s code",
+        f"the default on x86-64 since {ISSUE} 17",
+        f"{ISSUE}s 16 and 17",
+        f"over several {STOP}s",
     ],
 )
 def test_the_development_talk_check_sees_stops_sessions_and_issues(line: str) -> None:
