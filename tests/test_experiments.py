@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnistlab.dvc_queue import EXPS_DIR, ended_statuses, executor_records
+from mnistlab.dvc_queue import EXPS_DIR, ended_statuses, executor_records, live_workers
 from mnistlab.experiments import Run, read_runs
 from mnistlab.params import validate_all
 from tests.conftest import ROOT, clone, dvc, git
@@ -40,16 +40,10 @@ def accuracy(run: Run, model: str, metric: str = "test_acc") -> float:
 
 
 def queue_workers_running(project: Path) -> bool:
-    """Whether one of DVC's queue workers may still be running in ``project``, read from the records DVC's
-    task library keeps of them (``.dvc/tmp/exps/celery/dvc-exp-worker-N.json``), which get the worker's exit
-    code when it ends: a worker stops 10 s after the queue is empty. No DVC process started to know it."""
-    for record in (project / EXPS_DIR / "celery").glob("dvc-exp-worker-*.json"):
-        try:
-            if json.loads(record.read_text()).get("returncode") is None:
-                return True
-        except (OSError, ValueError):  # being written
-            return True
-    return False
+    """Whether one of DVC's queue workers may still be running in ``project``, from the records DVC's task library
+    keeps of them (mnistlab.dvc_queue.live_workers): a worker stops 10 s after the queue is empty. No DVC process
+    started to know it."""
+    return live_workers(project) > 0
 
 
 def queue_tasks_ended(project: Path) -> bool:
